@@ -1,0 +1,79 @@
+"""npgjax: natural policy gradients, Fisher-vector products and trust-region steps in JAX.
+
+The layers follow the data flow: log-probs -> scores -> Fisher operator -> solver ->
+step rule -> optax transform -> RL loop (:mod:`npgjax.rl`, imported on demand).
+"""
+
+from npgjax._tree import materialize, tree_vdot
+from npgjax.distributions import Categorical, DiagGaussian, distribution_fisher_vector_product
+from npgjax.estimators import (
+    discounted_returns,
+    explained_variance,
+    gae,
+    normalize_advantages,
+    surrogate_loss,
+    truncation_aware_returns,
+)
+from npgjax.fisher import (
+    analytic_fisher,
+    analytic_fisher_vector_product,
+    damped,
+    dense_analytic_fisher,
+    dense_fisher,
+    empirical_fisher,
+    fisher_vector_product,
+)
+from npgjax.logprob import policy_log_prob_fn, segment_log_probs, trajectory_log_prob
+from npgjax.scores import per_sample_scores, score_matrix
+from npgjax.solvers import SolveInfo, cholesky_solve, conjugate_gradient
+from npgjax.steps import LineSearchInfo, backtracking_line_search, trust_region_scale
+from npgjax.transforms import (
+    PreconditionByFisherState,
+    TrustRegionLineSearchState,
+    mean_kl,
+    npg,
+    precondition_by_fisher,
+    trpo,
+    trust_region_line_search,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Categorical",
+    "DiagGaussian",
+    "LineSearchInfo",
+    "PreconditionByFisherState",
+    "SolveInfo",
+    "TrustRegionLineSearchState",
+    "analytic_fisher",
+    "analytic_fisher_vector_product",
+    "backtracking_line_search",
+    "cholesky_solve",
+    "conjugate_gradient",
+    "damped",
+    "dense_analytic_fisher",
+    "dense_fisher",
+    "discounted_returns",
+    "distribution_fisher_vector_product",
+    "empirical_fisher",
+    "explained_variance",
+    "fisher_vector_product",
+    "gae",
+    "materialize",
+    "mean_kl",
+    "normalize_advantages",
+    "npg",
+    "per_sample_scores",
+    "policy_log_prob_fn",
+    "precondition_by_fisher",
+    "score_matrix",
+    "segment_log_probs",
+    "surrogate_loss",
+    "trajectory_log_prob",
+    "tree_vdot",
+    "trpo",
+    "truncation_aware_returns",
+    "trust_region_line_search",
+    "trust_region_scale",
+]

@@ -1,0 +1,141 @@
+"""Pytree linear algebra and input checks shared by every layer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+PyTree = Any
+Array = jax.Array
+
+
+def tree_vdot(a: PyTree, b: PyTree) -> Array:
+    """Inner product of two pytrees with the same structure."""
+    leaves = [jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)]
+    return sum(leaves, jnp.zeros((), jnp.result_type(*leaves) if leaves else jnp.float32))
+
+
+def tree_norm(a: PyTree) -> Array:
+    """Euclidean norm of a pytree."""
+    return jnp.sqrt(tree_vdot(a, a))
+
+
+def tree_scale(s: Array | float, a: PyTree) -> PyTree:
+    return jax.tree.map(lambda x: (s * x).astype(x.dtype), a)
+
+
+def tree_add(a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree.map(jnp.add, a, b)
+
+
+def tree_sub(a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree.map(jnp.subtract, a, b)
+
+
+def tree_axpy(alpha: Array | float, x: PyTree, y: PyTree) -> PyTree:
+    """alpha * x + y."""
+    return jax.tree.map(lambda a, b: (alpha * a + b).astype(b.dtype), x, y)
+
+
+def tree_zeros_like(a: PyTree) -> PyTree:
+    return jax.tree.map(jnp.zeros_like, a)
+
+
+def tree_all_finite(a: PyTree) -> Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(a)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def tree_where(cond: Array, a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def materialize(matvec: Callable[[PyTree], PyTree], like: PyTree) -> Array:
+    """Dense P x P matrix of a linear pytree map, in `ravel_pytree` order.
+
+    Args:
+      matvec: linear function from pytrees shaped like ``like`` to the same.
+      like: an example pytree (e.g. the parameters).
+
+    Returns:
+      ``M`` with ``M @ ravel(v) == ravel(matvec(v))``.
+    """
+    flat, unravel = ravel_pytree(like)
+    eye = jnp.eye(flat.size, dtype=flat.dtype)
+    cols = jax.vmap(lambda e: ravel_pytree(matvec(unravel(e)))[0])(eye)
+    return cols.T
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_same_structure(a: PyTree, b: PyTree, a_name: str, b_name: str) -> None:
+    """Raise a ValueError naming the mismatch if a and b differ in structure or shapes."""
+    ta, tb = jax.tree.structure(a), jax.tree.structure(b)
+    if ta != tb:
+        raise ValueError(
+            f"pytree mismatch: {a_name} has structure {ta} but {b_name} has structure {tb}."
+        )
+    for (path, x), y in zip(
+        jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True
+    ):
+        if jnp.shape(x) != jnp.shape(y):
+            raise ValueError(
+                f"shape mismatch at {jax.tree_util.keystr(path)}: {a_name} has shape "
+                f"{jnp.shape(x)} but {b_name} has shape {jnp.shape(y)}."
+            )
+
+
+def is_concrete(x: Any) -> bool:
+    """True when x is a Python number or a concrete (non-traced) array."""
+    if isinstance(x, (int, float)):
+        return True
+    try:
+        return not isinstance(x, jax.core.Tracer)
+    except AttributeError:  # pragma: no cover
+        return False
+
+
+def check_positive(x: Any, name: str, allow_zero: bool = False) -> None:
+    """Raise if a concrete hyperparameter is not positive (traced values pass)."""
+    if x is None or not is_concrete(x):
+        return
+    v = float(np.asarray(x))
+    bad = (v < 0) if allow_zero else (v <= 0)
+    if bad or v != v:
+        need = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be {need}, got {v}.")
+
+
+def check_log_probs(logp: Any, where: str) -> int:
+    """Check a log_prob_fn output is a rank-1 float array and return N."""
+    shape = jnp.shape(logp)
+    if len(shape) != 1:
+        raise ValueError(
+            f"{where}: log_prob_fn(params, batch) must return per-sample log-probabilities "
+            f"of shape [N]; got shape {shape}."
+        )
+    return shape[0]
+
+
+def check_mask(mask: Any, shape: tuple[int, ...], where: str) -> None:
+    if mask is not None and jnp.shape(mask) != tuple(shape):
+        raise ValueError(
+            f"{where}: mask has shape {jnp.shape(mask)} but the samples have shape {tuple(shape)}."
+        )
+
+
+def sample_weights(mask: Array | None, shape: tuple[int, ...], dtype: Any) -> Array:
+    """Weights 1/N (or mask/sum(mask)) for averaging over samples."""
+    if mask is None:
+        n = 1
+        for s in shape:
+            n *= s
+        return jnp.full(shape, 1.0 / max(n, 1), dtype)
+    m = jnp.asarray(mask, dtype)
+    return m / jnp.maximum(jnp.sum(m), 1.0)

@@ -1,0 +1,61 @@
+"""Shared fixtures: small MLP policies in plain JAX and a float64 switch."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import npgjax
+
+
+@pytest.fixture
+def x64():
+    """Run the test body with float64 enabled."""
+    with jax.enable_x64(True):
+        yield
+
+
+def init_mlp(key, sizes, dtype=jnp.float32):
+    """A plain-dict MLP: [{'w': [in, out], 'b': [out]}, ...]."""
+    params = []
+    for k, (i, o) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
+        kw, kb = jax.random.split(k)
+        params.append(
+            {
+                "w": (jax.random.normal(kw, (i, o)) / jnp.sqrt(i)).astype(dtype),
+                "b": (0.1 * jax.random.normal(kb, (o,))).astype(dtype),
+            }
+        )
+    return params
+
+
+def mlp(params, x):
+    for layer in params[:-1]:
+        x = jnp.tanh(x @ layer["w"] + layer["b"])
+    return x @ params[-1]["w"] + params[-1]["b"]
+
+
+def make_problem(head: str, key=0, n=24, obs_dim=3, hidden=5, act_dim=3, dtype=jnp.float64):
+    """An MLP policy, a batch sampled from it, and its dist_fn / log_prob_fn."""
+    key = jax.random.PRNGKey(key)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    out = act_dim if head == "categorical" else act_dim
+    params = {"net": init_mlp(k1, [obs_dim, hidden, out], dtype)}
+    if head == "gaussian":
+        params["log_std"] = (0.3 * jax.random.normal(k4, (act_dim,))).astype(dtype)
+    obs = jax.random.normal(k2, (n, obs_dim), dtype)
+
+    def dist_fn(p, batch):
+        o = mlp(p["net"], batch["obs"])
+        if head == "categorical":
+            return npgjax.Categorical(o)
+        return npgjax.DiagGaussian(o, p["log_std"])
+
+    actions = dist_fn(params, {"obs": obs}).sample(k3)
+    batch = {"obs": obs, "actions": actions}
+
+    def log_prob_fn(p, b):
+        return dist_fn(p, b).log_prob(b["actions"])
+
+    return params, batch, dist_fn, log_prob_fn

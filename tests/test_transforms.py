@@ -1,0 +1,198 @@
+"""The optax transforms: chaining, schedules, jit, extra args, diagnostics, errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import npgjax
+
+from .conftest import make_problem
+
+
+def _setup(head="categorical", n=32, dtype=jnp.float32):
+    params, batch, dist_fn, log_prob_fn = make_problem(head, n=n, dtype=dtype)
+    adv = jnp.sin(jnp.arange(n) * 1.3).astype(dtype)
+    batch = dict(batch, adv=adv, old_logp=log_prob_fn(params, batch))
+
+    def loss_fn(p, b):
+        return npgjax.surrogate_loss(log_prob_fn(p, b), b["old_logp"], b["adv"])
+
+    return params, batch, dist_fn, log_prob_fn, loss_fn
+
+
+def _flat(t):
+    return jax.flatten_util.ravel_pytree(t)[0]
+
+
+def test_matches_manual_natural_step(x64):
+    params, batch, dist_fn, log_prob_fn, loss_fn = _setup(dtype=jnp.float64)
+    g = jax.grad(loss_fn)(params, batch)
+    tx = optax.chain(
+        npgjax.precondition_by_fisher(log_prob_fn, max_kl=0.01, damping=0.1, cg_iters=200),
+        optax.scale(-1.0),
+    )
+    updates, state = tx.update(g, tx.init(params), params, batch=batch)
+    F = npgjax.dense_fisher(log_prob_fn, params, batch, damping=0.1)
+    x = jnp.linalg.solve(F, _flat(g))
+    expected = -jnp.sqrt(2 * 0.01 / (_flat(g) @ x)) * x
+    np.testing.assert_allclose(_flat(updates), expected, rtol=1e-8)
+    s = state[0]
+    assert float(s.predicted_kl) == pytest.approx(0.01, rel=1e-6)
+    assert float(s.grad_dot_natgrad) == pytest.approx(float(_flat(g) @ x), rel=1e-6)
+    assert 0 < float(s.cosine) <= 1 and int(s.cg_iterations) > 0 and not bool(s.skipped)
+    assert float(s.cg_residual) < 1e-6
+
+
+def test_chains_with_clip_and_sgd_and_analytic_fisher():
+    params, batch, dist_fn, _, loss_fn = _setup("gaussian")
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        npgjax.precondition_by_fisher(dist_fn=dist_fn, damping=0.1),
+        optax.sgd(0.05),
+    )
+    state = tx.init(params)
+    losses = []
+    for _ in range(5):
+        g = jax.grad(loss_fn)(params, batch)
+        updates, state = tx.update(g, state, params, batch=batch)
+        params = optax.apply_updates(params, updates)
+        losses.append(float(loss_fn(params, batch)))
+    assert losses[-1] < losses[0]
+    assert float(state[1].predicted_kl) > 0
+
+
+def test_inject_hyperparams_schedule_and_no_recompilation():
+    params, batch, _, log_prob_fn, loss_fn = _setup()
+    traces = []
+
+    def counted(p, b):
+        traces.append(1)
+        return log_prob_fn(p, b)
+
+    sched = optax.linear_schedule(0.02, 0.005, 3)
+    tx = optax.inject_hyperparams(npgjax.precondition_by_fisher, static_args=("log_prob_fn",))(
+        log_prob_fn=counted, max_kl=sched, damping=0.01
+    )
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, batch):
+        g = jax.grad(loss_fn)(params, batch)
+        return tx.update(g, state, params, batch=batch, unknown_arg=3)
+
+    kls = []
+    for i in range(4):
+        b = dict(batch, adv=batch["adv"] * (i + 1))
+        _, state = step(params, state, b)
+        kls.append(float(state.inner_state.predicted_kl))
+    n_traces = len(traces)
+    np.testing.assert_allclose(kls, [0.02, 0.015, 0.01, 0.005], rtol=1e-4)
+    assert n_traces == len(traces) and step._cache_size() == 1
+
+
+def test_fisher_batch_and_mask_extra_args(x64):
+    params, batch, _, log_prob_fn, loss_fn = _setup(dtype=jnp.float64, n=40)
+    g = jax.grad(loss_fn)(params, batch)
+    sub = jax.tree.map(lambda x: x[:10], batch)
+    mask = (jnp.arange(40) < 10).astype(jnp.float64)
+    tx = npgjax.precondition_by_fisher(log_prob_fn, damping=0.05, cg_iters=100, cg_tol=1e-13)
+    u1, _ = tx.update(g, tx.init(params), params, batch=batch, fisher_batch=sub)
+    u2, _ = tx.update(g, tx.init(params), params, batch=batch, fisher_mask=mask)
+    F = npgjax.dense_fisher(log_prob_fn, params, sub, damping=0.05)
+    np.testing.assert_allclose(_flat(u1), jnp.linalg.solve(F, _flat(g)), rtol=1e-7)
+    np.testing.assert_allclose(_flat(u2), _flat(u1), rtol=1e-7)
+
+
+def test_npg_and_trpo_one_call_optimizers():
+    params, batch, dist_fn, log_prob_fn, loss_fn = _setup("gaussian")
+    for tx in (
+        npgjax.npg(log_prob_fn, max_kl=0.01),
+        npgjax.npg(dist_fn=dist_fn, learning_rate=0.1),
+        npgjax.trpo(dist_fn, loss_fn, max_kl=0.01),
+    ):
+        state = tx.init(params)
+        g = jax.grad(loss_fn)(params, batch)
+        updates, state = jax.jit(lambda g, s, p, b: tx.update(g, s, p, batch=b))(
+            g, state, params, batch
+        )
+        new = optax.apply_updates(params, updates)
+        assert float(loss_fn(new, batch)) < float(loss_fn(params, batch))
+    ls = state[2]
+    assert bool(ls.accepted) and float(ls.kl) <= 0.01
+    kl = jnp.mean(dist_fn(params, batch).kl(dist_fn(new, batch)))
+    assert float(kl) == pytest.approx(float(ls.kl), rel=1e-4)
+
+
+def test_chains_with_optax_backtracking_linesearch():
+    """optax's line search passes `batch` to value_fn(params, batch)."""
+    params, batch, _, log_prob_fn, loss_fn = _setup()
+    tx = optax.chain(
+        npgjax.precondition_by_fisher(log_prob_fn, damping=0.1),
+        optax.scale(-1.0),
+        optax.scale_by_backtracking_linesearch(max_backtracking_steps=10),
+    )
+    state = tx.init(params)
+    def value_fn(params, batch):  # the argument must be named `batch`
+        return loss_fn(params, batch)
+
+    value, g = jax.value_and_grad(value_fn)(params, batch)
+    updates, state = tx.update(
+        g, state, params, batch=batch, value=value, grad=g, value_fn=value_fn
+    )
+    new = optax.apply_updates(params, updates)
+    assert float(loss_fn(new, batch)) <= float(value)
+
+
+def test_zero_gradient_gives_zero_update():
+    params, batch, _, log_prob_fn, _ = _setup()
+    tx = npgjax.npg(log_prob_fn, max_kl=0.01)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, state = tx.update(zeros, tx.init(params), params, batch=batch)
+    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
+    assert float(state[0].predicted_kl) == 0.0 and not bool(state[0].skipped)
+
+
+def test_nan_never_reaches_params_under_jit():
+    params, batch, _, log_prob_fn, loss_fn = _setup()
+    tx = npgjax.npg(log_prob_fn, max_kl=0.01)
+    bad = dict(batch, obs=batch["obs"].at[0, 0].set(jnp.nan))
+    g = jax.grad(loss_fn)(params, batch)
+    updates, state = jax.jit(lambda g, s, p, b: tx.update(g, s, p, batch=b))(
+        g, tx.init(params), params, bad
+    )
+    assert bool(state[0].skipped)
+    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
+
+
+def test_bad_input_errors():
+    params, batch, dist_fn, log_prob_fn, loss_fn = _setup()
+    g = jax.grad(loss_fn)(params, batch)
+    with pytest.raises(ValueError, match="max_kl"):
+        npgjax.precondition_by_fisher(log_prob_fn, max_kl=0.0)
+    with pytest.raises(ValueError, match="max_kl"):
+        npgjax.npg(log_prob_fn, max_kl=-0.01)
+    with pytest.raises(ValueError, match="damping"):
+        npgjax.precondition_by_fisher(log_prob_fn, damping=-1e-3)
+    with pytest.raises(ValueError, match="exactly one"):
+        npgjax.precondition_by_fisher(log_prob_fn, dist_fn=dist_fn)
+    with pytest.raises(ValueError, match="either max_kl"):
+        npgjax.npg(log_prob_fn, max_kl=0.01, learning_rate=0.1)
+    tx = npgjax.precondition_by_fisher(log_prob_fn)
+    state = tx.init(params)
+    with pytest.raises(ValueError, match="batch="):
+        tx.update(g, state, params)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(g, state, batch=batch)
+    with pytest.raises(ValueError, match="pytree mismatch"):
+        tx.update({"net": g["net"]}, state, dict(params, extra=jnp.ones(1)), batch=batch)
+    with pytest.raises(ValueError, match="shape"):
+        tx.update(g, state, params, batch=dict(batch, actions=batch["actions"][:3]))
+    with pytest.raises(ValueError, match="leading axis"):
+        tx.update(g, state, params, batch=dict(batch, extra=jnp.ones(3)))
+    nan_g = jax.tree.map(lambda x: x.at[..., 0].set(jnp.nan), g)
+    with pytest.raises(ValueError, match="NaN"):
+        tx.update(nan_g, state, params, batch=batch)
