@@ -19,7 +19,7 @@ def x64():
 def init_mlp(key, sizes, dtype=jnp.float32):
     """A plain-dict MLP: [{'w': [in, out], 'b': [out]}, ...]."""
     params = []
-    for k, (i, o) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
+    for k, (i, o) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:]), strict=True):
         kw, kb = jax.random.split(k)
         params.append(
             {
@@ -40,8 +40,7 @@ def make_problem(head: str, key=0, n=24, obs_dim=3, hidden=5, act_dim=3, dtype=j
     """An MLP policy, a batch sampled from it, and its dist_fn / log_prob_fn."""
     key = jax.random.PRNGKey(key)
     k1, k2, k3, k4 = jax.random.split(key, 4)
-    out = act_dim if head == "categorical" else act_dim
-    params = {"net": init_mlp(k1, [obs_dim, hidden, out], dtype)}
+    params = {"net": init_mlp(k1, [obs_dim, hidden, act_dim], dtype)}
     if head == "gaussian":
         params["log_std"] = (0.3 * jax.random.normal(k4, (act_dim,))).astype(dtype)
     obs = jax.random.normal(k2, (n, obs_dim), dtype)

@@ -80,7 +80,7 @@ def test_analytic_fvp_matches_kl_hessian(head, x64):
 
 
 def test_analytic_is_expectation_of_empirical_over_actions(x64):
-    """Enumerating every action with its probability turns the score Fisher into the analytic one."""
+    """Enumerating every action, weighted by its probability, gives the analytic Fisher."""
     params, batch, dist_fn, log_prob_fn = make_problem("categorical", n=6)
     probs = dist_fn(params, batch).probs
     F = 0.0
