@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -19,7 +21,7 @@ def x64():
 def init_mlp(key, sizes, dtype=jnp.float32):
     """A plain-dict MLP: [{'w': [in, out], 'b': [out]}, ...]."""
     params = []
-    for k, (i, o) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:]), strict=True):
+    for k, (i, o) in zip(jax.random.split(key, len(sizes) - 1), itertools.pairwise(sizes), strict=True):
         kw, kb = jax.random.split(k)
         params.append(
             {
