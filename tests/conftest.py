@@ -21,7 +21,8 @@ def x64():
 def init_mlp(key, sizes, dtype=jnp.float32):
     """A plain-dict MLP: [{'w': [in, out], 'b': [out]}, ...]."""
     params = []
-    for k, (i, o) in zip(jax.random.split(key, len(sizes) - 1), itertools.pairwise(sizes), strict=True):
+    keys = jax.random.split(key, len(sizes) - 1)
+    for k, (i, o) in zip(keys, itertools.pairwise(sizes), strict=True):
         kw, kb = jax.random.split(k)
         params.append(
             {
