@@ -25,6 +25,8 @@ class Config:
       gamma: discount.
       gae_lambda: GAE lambda.
       max_kl: KL bound of each policy step.
+      max_kl_decay: the bound decays linearly to ``max_kl * max_kl_decay`` over training
+        (1.0 keeps it constant).
       damping: Fisher damping.
       cg_iters: conjugate-gradient iterations.
       fisher: ``"analytic"`` (KL Hessian, exact expectation over actions) or
@@ -52,6 +54,7 @@ class Config:
     gamma: float = 0.99
     gae_lambda: float = 0.95
     max_kl: float = 0.01
+    max_kl_decay: float = 1.0
     damping: float = 0.1
     cg_iters: int = 10
     fisher: str = "analytic"
@@ -92,6 +95,8 @@ class Config:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
         if self.damping < 0:
             raise ValueError(f"damping must be non-negative, got {self.damping}.")
+        if not 0 < self.max_kl_decay <= 1:
+            raise ValueError(f"max_kl_decay must be in (0, 1], got {self.max_kl_decay}.")
         if not 0 < self.fisher_fraction <= 1:
             raise ValueError(f"fisher_fraction must be in (0, 1], got {self.fisher_fraction}.")
         if not 0 < self.ls_shrink < 1:
@@ -152,8 +157,12 @@ def get_config(env: str = "CartPole-v1", algo: str = "npg", **overrides: Any) ->
     if bad:
         raise ValueError(f"unknown config option(s) {bad}; valid options: {sorted(fields)}.")
     base: dict[str, Any] = dict(ENV_DEFAULTS.get(env, {}))
-    base.update(base.pop(algo, {}) if isinstance(base.get(algo), dict) else {})
     base.update(overrides)
+    # A default critic minibatch that does not fit a user-chosen batch becomes the batch.
+    if "vf_minibatch" not in overrides and base.get("vf_minibatch"):
+        batch = base.get("num_envs", Config.num_envs) * base.get("num_steps", Config.num_steps)
+        if batch % base["vf_minibatch"]:
+            base["vf_minibatch"] = 0
     if "hidden" in base:
         base["hidden"] = tuple(base["hidden"])
     return Config(env=env, algo=algo, **base).validate()

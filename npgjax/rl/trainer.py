@@ -20,15 +20,10 @@ import optax
 from gymnax.environments import spaces
 
 from npgjax.distributions import Categorical, DiagGaussian
-from npgjax.estimators import (
-    explained_variance,
-    gae,
-    normalize_advantages,
-    surrogate_loss,
-    truncation_aware_returns,
-)
+from npgjax.estimators import explained_variance, gae, normalize_advantages, surrogate_loss
 from npgjax.logprob import segment_log_probs
 from npgjax.rl.configs import Config
+from npgjax.rl.enac import enac_objective, segment_returns
 from npgjax.rl.networks import MLP
 from npgjax.rl.normalize import RunningStats, init_stats, normalize, update_stats
 from npgjax.transforms import mean_kl, precondition_by_fisher, trust_region_line_search
@@ -284,7 +279,10 @@ def make_trainer(config: Config) -> Trainer:
         return surrogate_loss(log_prob_fn(p, b), b["old_logp"], b["adv"])
 
     def policy_step(state: RunnerState, batch: dict[str, Array], traj, next_values, key):
-        hp = state.hparams
+        hp = dict(state.hparams)
+        if config.max_kl_decay != 1.0:
+            frac = state.update.astype(jnp.float32) / config.num_updates
+            hp["max_kl"] = hp["max_kl"] * (1.0 - (1.0 - config.max_kl_decay) * frac)
         params = state.pi_params
         diag = {
             "predicted_kl": jnp.nan,
@@ -357,20 +355,12 @@ def make_trainer(config: Config) -> Trainer:
         return segment_log_probs(lp, b["done"].reshape(T, E))[0]
 
     def _enac_gradient(params, batch, traj, next_values, hp):
-        # Episodic returns of each segment, bootstrapped where it was cut or truncated.
-        G = truncation_aware_returns(
+        R, seg_mask = segment_returns(
             traj["reward"], next_values, traj["terminated"], traj["truncated"], hp["gamma"]
         )
-        start = jnp.concatenate([jnp.ones((1, E), bool), traj["done"][:-1]], axis=0)
-        R, seg_mask = segment_log_probs(jnp.where(start, G, 0.0), traj["done"])
-        w = seg_mask / jnp.maximum(jnp.sum(seg_mask), 1)
-        centred = (R - jnp.sum(w * R)) * w
         b = dict(batch, done=traj["done"].reshape(-1))
-
-        def loss(p):
-            return -jnp.sum(jax.lax.stop_gradient(centred) * _segment_log_prob_fn(p, b))
-
-        return jax.grad(loss)(params), seg_mask.astype(jnp.float32)
+        g = jax.grad(lambda p: enac_objective(_segment_log_prob_fn(p, b), R, seg_mask))(params)
+        return g, seg_mask.astype(jnp.float32)
 
     # ------------------------------------------------------------ one update
     def update(state: RunnerState) -> tuple[RunnerState, dict[str, Array]]:
