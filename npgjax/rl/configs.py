@@ -122,9 +122,9 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         "damping": 0.1, "vf_lr": 1e-3, "vf_epochs": 10, "vf_minibatch": 256,
     },
     "Pendulum-v1": {
-        "num_envs": 8, "num_steps": 128, "gamma": 0.9, "gae_lambda": 0.95, "max_kl": 0.05,
-        "damping": 0.1, "vf_lr": 1e-3, "vf_epochs": 10, "vf_minibatch": 256,
-        "init_log_std": -0.5,
+        "num_envs": 8, "num_steps": 128, "gamma": 0.95, "gae_lambda": 0.95, "max_kl": 0.05,
+        "max_kl_decay": 0.1, "damping": 0.1, "vf_lr": 3e-3, "vf_epochs": 20,
+        "vf_minibatch": 256, "init_log_std": -1.0,
     },
 }
 
