@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(BIN)/python -m npgjax.train --env CartPole-v1 --algo npg --seeds 4 --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check npgjax tests benchmarks
-	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/ruff check npgjax tests benchmarks notebooks docs
+	$(BIN)/python -m pytest -n 2 -q --doctest-modules npgjax tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,10 +1,14 @@
 """Cost of a Fisher-vector product relative to one gradient, measured side by side.
 
 For a tanh MLP policy (two hidden layers) and a batch of states, every variant below
-is one jitted function, timed with ``block_until_ready`` after a warmup; the variants
-are interleaved within each repeat (the order rotates from repeat to repeat) so that
-the noise of a shared machine hits all of them alike, and each ratio is the median
-over repeats of (variant time / gradient time in the same repeat).
+is one function compiled ahead of time with ``jax.jit``, run once as a warmup, then
+timed with ``block_until_ready``. The variants are interleaved: each repeat runs
+``grad, A, grad, B, grad, ...`` (the order rotates from repeat to repeat), and each
+sample of a variant is divided by the mean of the two gradient samples around it, so
+that the load of a shared machine hits the variant and its baseline alike. ``ratio``
+is the median over repeats of that quotient (quartiles in brackets); ``cpu`` is the
+same median for process CPU time (all threads), which other jobs on the machine
+disturb much less than wall time, though it also counts XLA's worker threads spinning.
 
 Rows of the table, for each problem size:
 
@@ -23,8 +27,9 @@ Rows of the table, for each problem size:
 * ``natural step``: gradient + :func:`npgjax.precondition_by_fisher` (``max_kl=0.01``,
   ``cg_iters=10``, ``cg_tol=0``) in one jit.
 
-Run ``.venv/bin/python benchmarks/fvp_cost.py`` (about 3 minutes on 2 CPU cores),
-``--quick`` for a smoke test, ``--json PATH`` to save the results.
+Run ``.venv/bin/python benchmarks/fvp_cost.py`` (2 to 4 minutes on 2 CPU cores: a
+case stops repeating after about 40 s of timing, once it has 3 repeats; at most 7),
+``--quick`` for a smoke test (about 20 s), ``--json PATH`` to save the results.
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ import itertools
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -140,7 +144,7 @@ def num_params(params: Any) -> int:
 # ---------------------------------------------------------------- variants
 
 
-def build_variants(case: Case, params, batch, dist_fn, log_prob_fn, loss_fn):
+def build_variants(params, batch, dist_fn, log_prob_fn, loss_fn):
     """Name -> (jitted function, args); plus the CG functions whose iterations are checked."""
     kl_fn = npgjax.mean_kl(dist_fn)  # mean KL(stop_gradient(pi(old)) || pi(new))
     emp = npgjax.empirical_fisher(log_prob_fn)
@@ -203,9 +207,19 @@ def build_variants(case: Case, params, batch, dist_fn, log_prob_fn, loss_fn):
     return variants
 
 
-def check_variants(variants) -> dict[str, Any]:
-    """Compile every variant, check the CG iteration counts and that the products agree."""
-    out = {name: jax.block_until_ready(fn(*args)) for name, (fn, args) in variants.items()}
+def prepare(variants) -> tuple[dict[str, tuple[Callable, tuple]], dict[str, float], dict]:
+    """Compile every variant ahead of time and run it once.
+
+    Returns the compiled variants, the seconds of that first (post-compile) call, and
+    checks: the CG iteration counts are exact, and the analytic FVP equals the KL HVP.
+    """
+    compiled, first, out = {}, {}, {}
+    for name, (fn, args) in variants.items():
+        exe = fn.lower(*args).compile()
+        t0 = time.perf_counter()
+        out[name] = jax.block_until_ready(exe(*args))
+        first[name] = time.perf_counter() - t0
+        compiled[name] = (exe, args)
     for name, res in out.items():
         if "_cg" in name:
             want = int(name.split("_cg")[1])
@@ -219,57 +233,102 @@ def check_variants(variants) -> dict[str, Any]:
     flat = lambda t: jax.flatten_util.ravel_pytree(t)[0]
     hvp = flat(out["kl_hvp"])
     rel = lambda a: float(jnp.linalg.norm(a - hvp) / jnp.linalg.norm(hvp))
-    return {
+    checks = {
         "analytic_fvp_vs_kl_hvp_rel_err": rel(flat(out["ana_fvp"])),
         "empirical_fvp_vs_kl_hvp_rel_err": rel(flat(out["emp_fvp"])),
     }
+    return compiled, first, checks
 
 
 # ---------------------------------------------------------------- timing
 
 
-def time_interleaved(variants, repeats: int, sample_s: float) -> dict[str, list[float]]:
-    """Per-call seconds of every variant in each repeat, variants interleaved."""
-    names = list(variants)
-    inner = {}
-    for name in names:  # calibrate: enough calls per sample to last about sample_s
+def time_interleaved(
+    variants,
+    first: dict[str, float],
+    repeats: int,
+    sample_s: float,
+    budget_s: float,
+    min_repeats: int,
+) -> dict[str, dict[str, list[float]]]:
+    """Interleaved timings: every sample of a variant sits between two gradient samples.
+
+    A sample is ``n`` back-to-back calls (each ``block_until_ready``), ``n`` chosen from
+    the first call so that a sample lasts about ``sample_s``. A repeat runs
+    ``grad, A, grad, B, grad, ...`` over all variants, in an order rotated (and reversed
+    every other repeat) from one repeat to the next, so that each variant is compared
+    with the gradient measured just before and just after it. Repeats stop at
+    ``repeats``, or once ``min_repeats`` are done and the loop has run ``budget_s``.
+
+    Returns, per variant, per-call wall and process-CPU seconds of each sample and the
+    mean of the two gradient samples around it (``grad_wall``, ``grad_cpu``).
+    """
+    inner = {n: max(1, min(200, round(sample_s / max(t, 1e-6)))) for n, t in first.items()}
+
+    def sample(name: str) -> tuple[float, float]:
         fn, args = variants[name]
-        jax.block_until_ready(fn(*args))
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        dt = time.perf_counter() - t0
-        inner[name] = max(1, min(200, round(sample_s / max(dt, 1e-6))))
-    times: dict[str, list[float]] = {name: [] for name in names}
+        n = inner[name]
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            jax.block_until_ready(fn(*args))
+        return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+
+    others = [name for name in variants if name != "grad"]
+    keys = ("wall", "cpu", "grad_wall", "grad_cpu")
+    res: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in variants}
+    t_loop = time.perf_counter()
     for r in range(repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
+        if r >= min_repeats and time.perf_counter() - t_loop > budget_s:
+            break
+        order = others[r % len(others) :] + others[: r % len(others)]
         if r % 2:
             order = order[::-1]
+        g_before = sample("grad")
         for name in order:
-            fn, args = variants[name]
-            n = inner[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                jax.block_until_ready(fn(*args))
-            times[name].append((time.perf_counter() - t0) / n)
-    return times
+            t = sample(name)
+            g_after = sample("grad")
+            for key, value in (
+                ("wall", t[0]),
+                ("cpu", t[1]),
+                ("grad_wall", 0.5 * (g_before[0] + g_after[0])),
+                ("grad_cpu", 0.5 * (g_before[1] + g_after[1])),
+            ):
+                res[name][key].append(value)
+            res["grad"]["wall"].append(g_after[0])
+            res["grad"]["cpu"].append(g_after[1])
+            g_before = g_after
+    return res
 
 
-def summarize(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    """Median and quartiles of per-repeat ratios to the gradient of the same repeat."""
-    grad = np.asarray(times["grad"])
-    per_repeat: dict[str, np.ndarray] = {}
-    for name, ts in times.items():
-        per_repeat[name] = np.asarray(ts) / grad
+def summarize(res: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """Ratios to the neighbouring gradient samples: median and quartiles over repeats.
+
+    ``ratio`` (wall clock) is what the targets are about; ``cpu`` is the same ratio of
+    process CPU time (all threads), which is much less disturbed by other jobs on the
+    machine than wall time but also counts the worker threads' spinning.
+    """
+    ratios: dict[str, dict[str, np.ndarray]] = {}
+    for name, d in res.items():
+        if name == "grad":
+            continue
+        ratios[name] = {
+            "wall": np.asarray(d["wall"]) / np.asarray(d["grad_wall"]),
+            "cpu": np.asarray(d["cpu"]) / np.asarray(d["grad_cpu"]),
+        }
     for kind in ("emp", "ana", "kl"):
-        t10, t20 = np.asarray(times[f"{kind}_cg10"]), np.asarray(times[f"{kind}_cg20"])
-        per_repeat[f"{kind}_cg_iter"] = (t20 - t10) / 10 / grad
-    out = {}
-    for name, ratios in per_repeat.items():
-        q1, med, q3 = np.percentile(ratios, [25, 50, 75])
-        row = {"ratio": float(med), "ratio_q1": float(q1), "ratio_q3": float(q3)}
-        if name in times:
-            row["ms"] = 1e3 * statistics.median(times[name])
-        out[name] = row
+        r10, r20 = ratios[f"{kind}_cg10"], ratios[f"{kind}_cg20"]
+        ratios[f"{kind}_cg_iter"] = {k: (r20[k] - r10[k]) / 10 for k in ("wall", "cpu")}
+    out = {"grad": {"ratio": 1.0, "ratio_q1": 1.0, "ratio_q3": 1.0, "cpu": 1.0}}
+    for name, r in ratios.items():
+        q1, med, q3 = np.percentile(r["wall"], [25, 50, 75])
+        out[name] = {
+            "ratio": float(med),
+            "ratio_q1": float(q1),
+            "ratio_q3": float(q3),
+            "cpu": float(np.median(r["cpu"])),
+        }
+    for name, d in res.items():
+        out[name]["ms"] = 1e3 * float(np.median(d["wall"]))
     return out
 
 
@@ -316,33 +375,41 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "jax": jax.__version__,
         "devices": [str(d) for d in jax.devices()],
+        "load_average_at_start": load_average(),
     }
 
 
-def print_case(case: Case, n_params: int, summary, checks, repeats: int) -> None:
-    head = (
-        f"{case.name} {case.head} | batch {case.batch}, width {case.width} "
-        f"(2 hidden tanh), obs {case.obs_dim}, {case.act_dim} "
-        f"{'actions' if case.head == 'categorical' else 'action dim'}, {n_params} params"
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (other jobs on a shared machine skew timings)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def print_case(case: Case, n_params: int, summary, checks, repeats: int, secs: float) -> None:
+    unit = "actions" if case.head == "categorical" else "action dim"
+    print(
+        f"\n== {case.name}, {case.head} head: batch {case.batch}, width {case.width} "
+        f"(2 hidden tanh), obs {case.obs_dim}, {case.act_dim} {unit}, {n_params} params"
     )
-    print(f"\n{head}")
-    print(f"{'':48} {'ratio':>7} {'[q1, q3]':>15} {'ms':>9}  target")
+    print(f"{'':48} {'ratio':>7} {'[q1, q3]':>14} {'cpu':>7} {'ms':>9}  target")
     for key, label, target in ROWS:
         s = summary[key]
         ms = f"{s['ms']:9.2f}" if "ms" in s else " " * 9
         tgt = ""
         if target is not None:
-            tgt = f"<= {target:g}x  {'ok' if s['ratio'] <= target else 'MISSED'}"
+            tgt = f"<= {target:g}x {'ok' if s['ratio'] <= target else 'MISSED'}"
         q = f"[{s['ratio_q1']:.2f}, {s['ratio_q3']:.2f}]"
-        print(f"{label:48} {s['ratio']:6.2f}x {q:>15} {ms}  {tgt}")
+        print(f"{label:48} {s['ratio']:6.2f}x {q:>14} {s['cpu']:6.2f}x {ms}  {tgt}")
+    cg_ms = ", ".join(
+        f"{k} {summary[f'{k}_cg10']['ms']:.1f} / {summary[f'{k}_cg20']['ms']:.1f}"
+        for k in ("emp", "ana", "kl")
+    )
+    print(f"CG 10 / 20 iterations, ms per call: {cg_ms}")
     print(
-        f"(median of {repeats} interleaved repeats; CG 10/20 its per call, ms: "
-        + ", ".join(
-            f"{k} {summary[f'{k}_cg10']['ms']:.1f}/{summary[f'{k}_cg20']['ms']:.1f}"
-            for k in ("emp", "ana", "kl")
-        )
-        + f"; |analytic FVP - KL HVP| / |KL HVP| = "
-        f"{checks['analytic_fvp_vs_kl_hvp_rel_err']:.1e})"
+        f"{repeats} interleaved repeats, {secs:.0f} s; relative difference of the analytic "
+        f"FVP and the KL HVP: {checks['analytic_fvp_vs_kl_hvp_rel_err']:.1e}"
     )
 
 
@@ -350,11 +417,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="interleaved repeats (default 7, quick 3)"
+    )
     args = parser.parse_args(argv)
     cases = QUICK_CASES if args.quick else DEFAULT_CASES
     repeats = args.repeats or (3 if args.quick else 7)
+    min_repeats = min(repeats, 3)
     sample_s = 0.01 if args.quick else 0.05
+    budget_s = 5.0 if args.quick else 40.0  # per case: fewer repeats (>= 3) past this
 
     info = machine_info()
     print("npgjax benchmark: cost of a Fisher-vector product relative to one gradient")
@@ -363,26 +434,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{info['platform.processor']!r}, cpu_count={info['cpu_count']}, usable="
         f"{info['usable_cpus']}, jax {info['jax']}, devices={info['devices']}"
     )
+    print(f"load average (1, 5, 15 min) at start: {info['load_average_at_start']}")
     print(
         f"float32; damping {DAMPING:g} in the CG rows and the step; step: "
         f"precondition_by_fisher(max_kl={MAX_KL}, cg_iters={STEP_CG_ITERS}, cg_tol=0.0)"
     )
-    results: dict[str, Any] = {"machine": info, "repeats": repeats, "cases": []}
+    results: dict[str, Any] = {
+        "machine": info,
+        "settings": {
+            "max_repeats": repeats,
+            "sample_s": sample_s,
+            "budget_s": budget_s,
+            "max_kl": MAX_KL,
+            "step_cg_iters": STEP_CG_ITERS,
+            "damping": DAMPING,
+            "dtype": "float32",
+        },
+        "cases": [],
+    }
     t_start = time.perf_counter()
     for case in cases:
+        t_case = time.perf_counter()
         params, batch, dist_fn, log_prob_fn, loss_fn = make_problem(case)
-        variants = build_variants(case, params, batch, dist_fn, log_prob_fn, loss_fn)
-        checks = check_variants(variants)
-        times = time_interleaved(variants, repeats, sample_s)
+        variants = build_variants(params, batch, dist_fn, log_prob_fn, loss_fn)
+        variants, first, checks = prepare(variants)
+        times = time_interleaved(variants, first, repeats, sample_s, budget_s, min_repeats)
         summary = summarize(times)
         n_params = num_params(params)
-        print_case(case, n_params, summary, checks, repeats)
+        n_rep = len(times["emp_fvp"]["wall"])
+        print_case(case, n_params, summary, checks, n_rep, time.perf_counter() - t_case)
         results["cases"].append(
             {
                 "case": case.__dict__,
                 "num_params": n_params,
+                "repeats": n_rep,
                 "summary": summary,
-                "times_s": times,
+                "samples_s": times,
                 "checks": checks,
                 "targets": {
                     "cg_iter": TARGET_CG_ITER,
@@ -392,7 +479,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     elapsed = time.perf_counter() - t_start
     results["elapsed_s"] = elapsed
-    print(f"\ntotal time {elapsed:.0f} s")
+    results["load_average_at_end"] = load_average()
+    print(f"\ntotal time {elapsed:.0f} s; load average at end: {results['load_average_at_end']}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

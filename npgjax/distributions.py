@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -80,6 +81,14 @@ class Categorical:
                 f"Categorical.log_prob: actions have shape {actions.shape} but the "
                 f"distribution has batch shape {self.batch_shape}."
             )
+        if not isinstance(actions, jax.core.Tracer) and actions.size:
+            host = np.asarray(actions)
+            lo, hi = int(host.min()), int(host.max())
+            if lo < 0 or hi >= self.logits.shape[-1]:
+                raise ValueError(
+                    f"Categorical.log_prob: actions must lie in [0, {self.logits.shape[-1]}); "
+                    f"got values from {lo} to {hi}."
+                )
         lp = self.log_probs
         return jnp.take_along_axis(lp, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
@@ -129,8 +138,8 @@ class DiagGaussian:
       >>> import jax.numpy as jnp
       >>> from npgjax import DiagGaussian
       >>> d = DiagGaussian(jnp.zeros((1, 2)), jnp.zeros(2))
-      >>> d.log_prob(jnp.zeros((1, 2))).round(4)
-      Array([-1.8379], dtype=float32)
+      >>> round(float(d.log_prob(jnp.zeros((1, 2)))[0]), 4)
+      -1.8379
     """
 
     def __init__(self, mean: Array, log_std: Array):

@@ -85,7 +85,7 @@ def conjugate_gradient(
       >>> import jax.numpy as jnp
       >>> from npgjax import conjugate_gradient
       >>> A = jnp.array([[4.0, 1.0], [1.0, 3.0]])
-      >>> x, info = conjugate_gradient(lambda v: A @ v, jnp.array([1.0, 2.0]))
+      >>> x, info = conjugate_gradient(lambda v: A @ v, jnp.array([1.0, 2.0]), tol=1e-6)
       >>> x.round(4), int(info.iterations)
       (Array([0.0909, 0.6364], dtype=float32), 2)
     """
@@ -148,7 +148,7 @@ def cholesky_solve(matvec: MatVec | Array, b: PyTree) -> tuple[PyTree, SolveInfo
       >>> import jax.numpy as jnp
       >>> from npgjax import cholesky_solve
       >>> x, _ = cholesky_solve(jnp.array([[2.0, 0.0], [0.0, 4.0]]), jnp.array([1.0, 1.0]))
-      >>> x
+      >>> x.round(4)
       Array([0.5 , 0.25], dtype=float32)
     """
     flat_b, unravel = ravel_pytree(b)

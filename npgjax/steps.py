@@ -47,7 +47,7 @@ def trust_region_scale(grad_dot_natgrad: Array, max_kl: Array | float) -> Array:
 
     Examples:
       >>> from npgjax import trust_region_scale
-      >>> float(trust_region_scale(2.0, 0.01))
+      >>> round(float(trust_region_scale(2.0, 0.01)), 6)
       0.1
     """
     check_positive(max_kl, "max_kl")

@@ -121,6 +121,8 @@ def test_kl_fallback_matches_closed_form(x64):
 def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="batch shape"):
         Categorical(jnp.zeros((4, 3))).log_prob(jnp.zeros((5,), int))
+    with pytest.raises(ValueError, match="must lie in"):
+        Categorical(jnp.zeros((2, 3))).log_prob(jnp.array([0, 3]))
     with pytest.raises(ValueError, match="broadcast"):
         DiagGaussian(jnp.zeros((4, 3)), jnp.zeros(2))
     with pytest.raises(ValueError, match="shape"):

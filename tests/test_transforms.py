@@ -41,7 +41,10 @@ def test_matches_manual_natural_step(x64):
     expected = -jnp.sqrt(2 * 0.01 / (_flat(g) @ x)) * x
     np.testing.assert_allclose(_flat(updates), expected, rtol=1e-8)
     s = state[0]
-    assert float(s.predicted_kl) == pytest.approx(0.01, rel=1e-6)
+    # The step is scaled with the damped Fisher; the reported KL uses the undamped one.
+    F0 = F - 0.1 * jnp.eye(F.shape[0])
+    assert float(s.predicted_kl) == pytest.approx(float(0.5 * expected @ F0 @ expected), rel=1e-6)
+    assert float(s.predicted_kl) < 0.01
     assert float(s.grad_dot_natgrad) == pytest.approx(float(_flat(g) @ x), rel=1e-6)
     assert 0 < float(s.cosine) <= 1 and int(s.cg_iterations) > 0 and not bool(s.skipped)
     assert float(s.cg_residual) < 1e-6
@@ -90,7 +93,10 @@ def test_inject_hyperparams_schedule_and_no_recompilation():
         _, state = step(params, state, b)
         kls.append(float(state.inner_state.predicted_kl))
     n_traces = len(traces)
-    np.testing.assert_allclose(kls, [0.02, 0.015, 0.01, 0.005], rtol=1e-4)
+    # The reported (undamped) KL is proportional to the scheduled bound, and below it.
+    ratio = np.asarray(kls) / np.array([0.02, 0.015, 0.01, 0.005])
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+    assert 0.5 < ratio[0] <= 1.0
     assert n_traces == len(traces) and step._cache_size() == 1
 
 

@@ -1,0 +1,659 @@
+"""npgjax TRPO against sb3-contrib TRPO on CartPole-v1, on the same machine in the same run.
+
+Both sides use the RL-zoo settings for TRPO on CartPole-v1 (``hyperparams/trpo.yml`` of
+rl-baselines3-zoo): 2 envs, ``n_steps`` 512, critic minibatch 512, GAE 0.98, gamma 0.99,
+``cg_damping`` 1e-3, 20 critic updates, ``target_kl`` 0.01, critic learning rate 1e-3,
+separate ``[64, 64]`` tanh networks, no observation normalisation, 100k env steps (98
+updates of 1,024 steps). The script prints how each setting maps onto
+:class:`npgjax.rl.Config`.
+
+Every training run is a fresh Python process (``sys.executable`` running this file as a
+worker), so interpreter start-up, imports, compilation and training count the same way
+for both libraries; a clock read just before the process is started is the zero of
+"seconds since process start". Measured, per seed (default seeds 0 and 1, interleaved
+so that the load of a shared machine hits both sides alike):
+
+1. sb3-contrib ``TRPO("MlpPolicy")`` for 100k steps, with a callback that keeps the
+   last 20 episode returns (from the ``Monitor`` wrapper of ``make_vec_env``) and
+   records the env steps and the seconds since process start when their mean first
+   reaches 475; also the learn time and env steps/s of ``model.learn`` (torch threads
+   left at their default, recorded).
+2. npgjax cold start: JAX's persistent compilation cache pointed at an EMPTY temporary
+   directory; ``init`` and a jitted chunk of ``--chunk-updates`` updates (a
+   ``lax.scan`` of :func:`npgjax.rl.make_trainer`'s ``update``) are compiled once, then
+   the chunk is called until the 100k steps are done. Time to solve = seconds from
+   process start to the end of the chunk in which the 20-episode mean return (the
+   ``return`` metric) first reached 475, compilation included. Env steps/s = steady
+   state, the chunks after the first one (compilation excluded).
+3. npgjax warm start: the same, in a new process reusing the now-populated cache
+   directory (``python -m npgjax.train`` turns that cache on by default).
+4. npgjax, 8 seeds vmapped in one jit (``jax.jit(jax.vmap(make_train(config)))``, keys
+   ``PRNGKey(0..7)``): compile time, the time for all 8 seeds to train 100k steps each,
+   total env steps/s, and how many seeds reach 475 (and at which env step).
+
+The ratios (sb3 time / npgjax time, npgjax steps/s / sb3 steps/s) are printed next to
+the targets of issue #3: time to solve at least 10x shorter from a cold start and 20x
+with a warm compilation cache, at least 60x the env steps per second.
+
+Install the peer (an optional extra)::
+
+    .venv/bin/pip install torch==2.13.0     # CPU wheel; a plain `torch` may pull CUDA (GBs)
+    .venv/bin/pip install -e '.[sb3]'        # stable-baselines3, sb3-contrib, gymnasium<1.4
+
+Run ``.venv/bin/python benchmarks/compare_sb3.py`` (about 5 minutes on 2 CPU cores),
+``--quick`` for a smoke test (small budget, one seed, about a minute), ``--seeds 0 1 2``
+for other seeds, ``--skip-sb3`` to run only npgjax, ``--json PATH`` to save the results.
+Other jobs on a shared machine slow either side; the load average is printed before each
+run, and each run's CPU time next to its wall time.
+"""
+
+from __future__ import annotations
+
+# Only the standard library at module level: the workers are this file, and their
+# start-up must not pay for either side's imports before the clock starts.
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ENV_ID = "CartPole-v1"
+TARGET_RETURN = 475.0  # CartPole-v1 "solved": mean of the last 20 episodes
+WINDOW = 20
+TOTAL_TIMESTEPS = 100_000
+QUICK_TIMESTEPS = 8_192
+TARGET_COLD = 10.0  # sb3 time to solve / npgjax time to solve, cold compilation cache
+TARGET_WARM = 20.0  # the same with a warm persistent compilation cache
+TARGET_SPS = 60.0  # npgjax env steps/s / sb3 env steps/s (one seed each)
+WORKER_TIMEOUT_S = 1800
+
+# rl-baselines3-zoo, hyperparams/trpo.yml, CartPole-v1 (policy MlpPolicy).
+SB3_ZOO: dict[str, Any] = {
+    "n_envs": 2,
+    "n_steps": 512,
+    "batch_size": 512,
+    "gae_lambda": 0.98,
+    "gamma": 0.99,
+    "cg_damping": 1e-3,
+    "n_critic_updates": 20,
+    "target_kl": 0.01,
+    "learning_rate": 1e-3,
+}
+
+# The same settings as npgjax.rl.Config fields (algo "trpo").
+NPGJAX_CONFIG: dict[str, Any] = {
+    "num_envs": 2,
+    "num_steps": 512,
+    "vf_minibatch": 512,
+    "vf_epochs": 20,
+    "gae_lambda": 0.98,
+    "gamma": 0.99,
+    "damping": 1e-3,
+    "max_kl": 0.01,
+    "vf_lr": 1e-3,
+    "hidden": (64, 64),
+    "activation": "tanh",
+    "cg_iters": 15,
+    "ls_shrink": 0.8,
+    "ls_max_tries": 10,
+    "fisher": "analytic",
+    "fisher_fraction": 1.0,
+    "normalize_obs": False,
+    "normalize_adv": True,
+    "return_window": WINDOW,
+}
+
+# (sb3-contrib / zoo setting, npgjax Config field, note)
+MAPPING = (
+    ("n_envs=2", "num_envs=2", ""),
+    ("n_steps=512", "num_steps=512", "per env: 1,024 env steps per update"),
+    ("batch_size=512", "vf_minibatch=512", "critic minibatch, 2 per pass"),
+    ("n_critic_updates=20", "vf_epochs=20", "passes over the rollout"),
+    ("gae_lambda=0.98", "gae_lambda=0.98", ""),
+    ("gamma=0.99", "gamma=0.99", ""),
+    ("cg_damping=1e-3", "damping=1e-3", ""),
+    ("target_kl=0.01", "max_kl=0.01", "KL of the step and of the line search"),
+    ("learning_rate=1e-3", "vf_lr=1e-3", "critic adam (sb3 eps 1e-5, optax 1e-8)"),
+    ("cg_max_steps=15 (default)", "cg_iters=15", ""),
+    ("line_search_shrinking_factor=0.8", "ls_shrink=0.8", "(sb3 default)"),
+    ("line_search_max_iter=10", "ls_max_tries=10", "(sb3 default)"),
+    ("sub_sampling_factor=1", "fisher_fraction=1.0", "(sb3 default)"),
+    ("KL Hessian (double backprop)", "fisher='analytic'", "same matrix, no double backprop"),
+    ("MlpPolicy net_arch [64, 64]", "hidden=(64, 64)", "separate actor and critic"),
+    ("activation_fn=nn.Tanh", "activation='tanh'", ""),
+    ("(zoo: no VecNormalize)", "normalize_obs=False", ""),
+    ("normalize_advantage=True", "normalize_adv=True", "(sb3 default)"),
+    ("n_timesteps=1e5", "total_timesteps=100_000", "both stop after 98 rollouts"),
+)
+
+
+# ---------------------------------------------------------------- helpers
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (other jobs on a shared machine skew timings)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def cpu_model() -> str:
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return model or platform.machine()
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    return {
+        "cpu_model": cpu_model(),
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "python": platform.python_version(),
+        "versions": {
+            name: package_version(name)
+            for name in ("jax", "jaxlib", "flax", "optax", "gymnax", "npgjax", "torch",
+                         "stable_baselines3", "sb3_contrib", "gymnasium", "numpy")
+        },
+        "load_average_at_start": load_average(),
+    }
+
+
+def first_crossing(returns: Any, target: float) -> int | None:
+    """Index of the first entry >= target (NaN never crosses), or None."""
+    for i, r in enumerate(returns):
+        if r is not None and r == r and r >= target:
+            return i
+    return None
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+# ---------------------------------------------------------------- workers
+def worker_sb3(spec: dict[str, Any]) -> dict[str, Any]:
+    """sb3-contrib TRPO for one seed; times relative to spec["t0"] (process start)."""
+    t0 = spec["t0"]
+    import numpy as np
+    import torch
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    t_imported = time.time() - t0
+    target = spec["target"]
+
+    class SolveCallback(BaseCallback):
+        """Keeps the last 20 episode returns; records when their mean first hits target."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.returns: deque[float] = deque(maxlen=WINDOW)
+            self.episodes = 0
+            self.solved: dict[str, Any] | None = None
+            self.t_learn = 0.0
+
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                ep = info.get("episode")
+                if ep is None:
+                    continue
+                self.returns.append(float(ep["r"]))
+                self.episodes += 1
+                if self.solved is None and np.mean(self.returns) >= target:
+                    self.solved = {
+                        "env_steps": int(self.num_timesteps),
+                        "seconds_since_start": time.time() - t0,
+                        "learn_seconds": time.perf_counter() - self.t_learn,
+                        "episodes": self.episodes,
+                    }
+            return True
+
+    seed = spec["seed"]
+    env = make_vec_env(ENV_ID, n_envs=SB3_ZOO["n_envs"], seed=seed)
+    kwargs = {k: v for k, v in SB3_ZOO.items() if k != "n_envs"}
+    model = TRPO(
+        "MlpPolicy",
+        env,
+        policy_kwargs={"net_arch": [64, 64], "activation_fn": torch.nn.Tanh},
+        seed=seed,
+        device="cpu",
+        verbose=0,
+        **kwargs,
+    )
+    cb = SolveCallback()
+    t_setup = time.time() - t0
+    cb.t_learn = time.perf_counter()
+    model.learn(total_timesteps=spec["total_timesteps"], callback=cb)
+    learn_s = time.perf_counter() - cb.t_learn
+    steps = int(model.num_timesteps)
+    return {
+        "seed": seed,
+        "import_s": t_imported,
+        "setup_s": t_setup,
+        "learn_s": learn_s,
+        "env_steps": steps,
+        "steps_per_s": steps / learn_s,
+        "solved": cb.solved,
+        "final_return": float(np.mean(cb.returns)) if cb.returns else None,
+        "episodes": cb.episodes,
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
+
+
+def _npgjax_setup(spec: dict[str, Any]) -> tuple[Any, Any, float]:
+    """Import jax with the persistent compilation cache in spec["cache_dir"]; config."""
+    import jax
+
+    if spec.get("cache_dir"):
+        # What npgjax.train does (directory from $NPGJAX_CACHE_DIR there): cache every
+        # executable, however small or quick to compile.
+        jax.config.update("jax_compilation_cache_dir", spec["cache_dir"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from npgjax.rl import get_config
+
+    cfg = dict(NPGJAX_CONFIG)
+    cfg["hidden"] = tuple(cfg["hidden"])
+    config = get_config(ENV_ID, "trpo", total_timesteps=spec["total_timesteps"], **cfg)
+    return jax, config, time.time() - spec["t0"]
+
+
+def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
+    """npgjax TRPO for one seed in jitted chunks; times relative to spec["t0"]."""
+    t0 = spec["t0"]
+    jax, config, t_imported = _npgjax_setup(spec)
+    import numpy as np
+
+    from npgjax.rl import make_trainer
+    from npgjax.train import choose_chunk_updates
+
+    trainer = make_trainer(config)
+    K = choose_chunk_updates(config.num_updates, spec["chunk_updates"])
+    n_chunks = config.num_updates // K
+    B = config.batch_size
+    key = jax.random.PRNGKey(spec["seed"])
+
+    def run_chunk(state: Any) -> Any:
+        return jax.lax.scan(lambda s, _: trainer.update(s), state, None, length=K)
+
+    t_c0 = time.time()
+    init_c = jax.jit(trainer.init).lower(key).compile()
+    t_c1 = time.time()
+    chunk_c = jax.jit(run_chunk).lower(jax.eval_shape(trainer.init, key)).compile()
+    t_c2 = time.time()
+    state = init_c(key)
+    returns: list[float] = []
+    chunk_s: list[float] = []
+    solved = None
+    for c in range(n_chunks):
+        t = time.perf_counter()
+        state, m = chunk_c(state)
+        ret = np.asarray(m["return"], np.float64)  # waits for the chunk
+        chunk_s.append(time.perf_counter() - t)
+        returns.extend(float(r) for r in ret)
+        i = first_crossing(ret, spec["target"])
+        if solved is None and i is not None:
+            solved = {
+                "env_steps": (c * K + i + 1) * B,
+                "seconds_since_start": time.time() - t0,  # end of this chunk
+                "chunks": c + 1,
+            }
+    steady = chunk_s[1:] or chunk_s
+    return {
+        "seed": spec["seed"],
+        "cache": spec["cache_label"],
+        "import_s": t_imported,
+        "compile_init_s": t_c1 - t_c0,
+        "compile_chunk_s": t_c2 - t_c1,
+        "compile_s": t_c2 - t_c0,
+        "ready_s": t_c2 - t0,  # process start to compiled (imports, tracing, compiling)
+        "chunk_updates": K,
+        "chunks": n_chunks,
+        "env_steps": config.num_updates * B,
+        "train_s": sum(chunk_s),
+        "first_chunk_s": chunk_s[0],
+        "steps_per_s": len(steady) * K * B / sum(steady),
+        "steps_per_s_all_chunks": n_chunks * K * B / sum(chunk_s),
+        "solved": solved,
+        "final_return": returns[-1],
+        "returns": returns,
+        "jax_version": jax.__version__,
+        "device": str(jax.devices()[0]),
+    }
+
+
+def worker_npgjax_vmap(spec: dict[str, Any]) -> dict[str, Any]:
+    """npgjax TRPO, several seeds vmapped in one jit over the whole run."""
+    t0 = spec["t0"]
+    jax, config, t_imported = _npgjax_setup(spec)
+    import numpy as np
+
+    from npgjax.rl import make_train
+
+    seeds = spec["seeds"]
+    keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in seeds])
+    train = jax.jit(jax.vmap(make_train(config)))
+    t_c0 = time.time()
+    train_c = train.lower(keys).compile()
+    compile_s = time.time() - t_c0
+    t = time.perf_counter()
+    _, metrics = train_c(keys)
+    returns = np.asarray(metrics["return"], np.float64)  # [seeds, updates]; waits
+    run_s = time.perf_counter() - t
+    B = config.batch_size
+    crossings = [first_crossing(row, spec["target"]) for row in returns]
+    steps = len(seeds) * config.num_updates * B
+    return {
+        "seeds": seeds,
+        "import_s": t_imported,
+        "compile_s": compile_s,
+        "run_s": run_s,
+        "total_s_since_start": time.time() - t0,
+        "env_steps_per_seed": config.num_updates * B,
+        "env_steps_total": steps,
+        "steps_per_s": steps / run_s,
+        "solved_at_env_steps": [None if i is None else (i + 1) * B for i in crossings],
+        "num_solved": sum(i is not None for i in crossings),
+        "final_returns": [float(r) for r in returns[:, -1]],
+    }
+
+
+WORKERS = {"sb3": worker_sb3, "npgjax": worker_npgjax, "npgjax-vmap": worker_npgjax_vmap}
+
+
+def run_worker(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one worker in a fresh process; returns its result plus process-level timings."""
+    fd, out = tempfile.mkstemp(prefix="compare_sb3_", suffix=".json")
+    os.close(fd)
+    load = load_average()
+    t0 = time.time()
+    spec = dict(spec, t0=t0, out=out)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind,
+           "--spec", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
+                          cwd=str(ROOT))
+    wall = time.time() - t0
+    try:
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{kind} worker failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                f"{proc.stderr[-4000:]}"
+            )
+        with open(out) as f:
+            result = json.load(f)
+    finally:
+        os.unlink(out)
+    result["process_wall_s"] = wall
+    result["load_average_before"] = load
+    return result
+
+
+def worker_main(kind: str, spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    sys.path.insert(0, str(ROOT))
+    result = WORKERS[kind](spec)
+    result["worker_cpu_s"] = cpu_seconds()
+    result["worker_wall_s"] = time.time() - spec["t0"]
+    with open(spec["out"], "w") as f:
+        json.dump(result, f)
+
+
+# ---------------------------------------------------------------- report
+def _f(x: float | None, spec: str = ".1f", none: str = "n/a") -> str:
+    return none if x is None else format(x, spec)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def _solved_s(r: dict[str, Any] | None) -> float | None:
+    return None if r is None or r.get("solved") is None else r["solved"]["seconds_since_start"]
+
+
+def _solved_steps(r: dict[str, Any] | None) -> int | None:
+    return None if r is None or r.get("solved") is None else r["solved"]["env_steps"]
+
+
+def print_mapping() -> None:
+    print("\nsettings: rl-baselines3-zoo TRPO CartPole-v1 -> npgjax.rl.Config (algo='trpo')")
+    for sb3, npg, note in MAPPING:
+        print(f"  {sb3:34} -> {npg:24} {note}")
+
+
+def print_run(label: str, r: dict[str, Any]) -> None:
+    solved = r.get("solved")
+    where = (f"solved at {solved['env_steps']:,} steps, {solved['seconds_since_start']:.1f} s "
+             "after process start" if solved else "not solved")
+    cpu = f"cpu {r['worker_cpu_s']:.1f} s / wall {r['worker_wall_s']:.1f} s"
+    if label.startswith("sb3"):
+        extra = (f"imports {r['import_s']:.1f} s, learn {r['learn_s']:.1f} s, "
+                 f"{r['steps_per_s']:,.0f} steps/s, torch threads {r['torch_num_threads']}")
+    else:
+        extra = (f"imports {r['import_s']:.1f} s, compile {r['compile_s']:.1f} s (init "
+                 f"{r['compile_init_s']:.1f} + chunk {r['compile_chunk_s']:.1f}), ready "
+                 f"{r['ready_s']:.1f} s, train {r['train_s']:.1f} s, "
+                 f"{r['steps_per_s']:,.0f} steps/s steady")
+    print(f"  {label:22} {where}; final return {_f(r['final_return'])}")
+    print(f"  {'':22} {extra}; {cpu}; load before {r['load_average_before']}")
+
+
+def summarize(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per-seed and pooled ratios; pooled = sum of sb3 times / sum of npgjax times over
+    the seeds that both solved (a mean of per-seed times), steps/s averaged likewise."""
+    rows: dict[str, Any] = {"per_seed": {}, "pooled": {}}
+    sums: dict[str, list[float]] = {"sb3": [], "cold": [], "sb3_w": [], "warm": []}
+    sps: dict[str, list[float]] = {"sb3": [], "cold": [], "warm": []}
+    for seed, r in runs.items():
+        sb3, cold, warm = r.get("sb3"), r.get("cold"), r.get("warm")
+        row = {
+            "cold_time_ratio": _ratio(_solved_s(sb3), _solved_s(cold)),
+            "warm_time_ratio": _ratio(_solved_s(sb3), _solved_s(warm)),
+            "cold_sps_ratio": _ratio(cold and cold["steps_per_s"], sb3 and sb3["steps_per_s"]),
+            "warm_sps_ratio": _ratio(warm and warm["steps_per_s"], sb3 and sb3["steps_per_s"]),
+        }
+        rows["per_seed"][seed] = row
+        if _solved_s(sb3) is not None and _solved_s(cold) is not None:
+            sums["sb3"].append(_solved_s(sb3))
+            sums["cold"].append(_solved_s(cold))
+        if _solved_s(sb3) is not None and _solved_s(warm) is not None:
+            sums["sb3_w"].append(_solved_s(sb3))
+            sums["warm"].append(_solved_s(warm))
+        for name, x in (("sb3", sb3), ("cold", cold), ("warm", warm)):
+            if x is not None:
+                sps[name].append(x["steps_per_s"])
+    mean = lambda xs: sum(xs) / len(xs) if xs else None
+    rows["pooled"] = {
+        "cold_time_ratio": _ratio(mean(sums["sb3"]), mean(sums["cold"])),
+        "warm_time_ratio": _ratio(mean(sums["sb3_w"]), mean(sums["warm"])),
+        "cold_sps_ratio": _ratio(mean(sps["cold"]), mean(sps["sb3"])),
+        "warm_sps_ratio": _ratio(mean(sps["warm"]), mean(sps["sb3"])),
+    }
+    return rows
+
+
+def print_summary(runs: dict[int, dict[str, Any]], vmap: dict[str, Any] | None,
+                  ratios: dict[str, Any]) -> None:
+    seeds = list(runs)
+    w = 12
+    print("\n" + "=" * 88)
+    print("time to solve (mean of last 20 episodes >= 475), seconds since process start, "
+          "compile included")
+    head = f"{'':34}" + "".join(f"{'seed ' + str(s):>{w}}" for s in seeds)
+    print(head)
+    for label, key in (("sb3-contrib TRPO", "sb3"), ("npgjax cold cache", "cold"),
+                       ("npgjax warm cache", "warm")):
+        print(f"{label + ' [s]':34}" + "".join(
+            f"{_f(_solved_s(runs[s].get(key))):>{w}}" for s in seeds))
+    print("env steps at solve (sample efficiency)")
+    for label, key in (("sb3-contrib TRPO", "sb3"), ("npgjax cold cache", "cold"),
+                       ("npgjax warm cache", "warm")):
+        print(f"{'  ' + label:34}" + "".join(
+            f"{_f(_solved_steps(runs[s].get(key)), ',d'):>{w}}" for s in seeds))
+    print("env steps/s, one seed, compile excluded")
+    for label, key in (("sb3-contrib TRPO (learn)", "sb3"), ("npgjax cold run (steady)", "cold"),
+                       ("npgjax warm run (steady)", "warm")):
+        print(f"{'  ' + label:34}" + "".join(
+            f"{_f(runs[s][key]['steps_per_s'] if runs[s].get(key) else None, ',.0f'):>{w}}"
+            for s in seeds))
+
+    print("\nratios" + " " * 28 + "".join(f"{'seed ' + str(s):>{w}}" for s in seeds)
+          + f"{'pooled':>{w}}{'target':>{w}}  met")
+    for label, key, target in (
+        ("time to solve, cold (sb3/npgjax)", "cold_time_ratio", TARGET_COLD),
+        ("time to solve, warm (sb3/npgjax)", "warm_time_ratio", TARGET_WARM),
+        ("env steps/s (npgjax/sb3), cold run", "cold_sps_ratio", TARGET_SPS),
+        ("env steps/s (npgjax/sb3), warm run", "warm_sps_ratio", TARGET_SPS),
+    ):
+        vals = [ratios["per_seed"][s][key] for s in seeds]
+        pooled = ratios["pooled"][key]
+        met = "n/a" if pooled is None else ("yes" if pooled >= target else "NO")
+        print(f"{label:34}" + "".join(f"{_f(v, '.1f') + 'x':>{w}}" for v in vals)
+              + f"{_f(pooled, '.1f') + 'x':>{w}}{'>= ' + format(target, 'g') + 'x':>{w}}  {met}")
+    print("(pooled: mean sb3 time / mean npgjax time over seeds that both solved; "
+          "steps/s: ratio of means)")
+    if vmap is not None:
+        sb3_sps = [runs[s]["sb3"]["steps_per_s"] for s in seeds if runs[s].get("sb3")]
+        ref = sum(sb3_sps) / len(sb3_sps) if sb3_sps else None
+        n = len(vmap["seeds"])
+        print(f"\nnpgjax, {n} seeds vmapped in one jit ({vmap['env_steps_per_seed']:,} steps "
+              f"each, empty compilation cache):")
+        print(f"  compile {vmap['compile_s']:.1f} s, all {n} seeds trained in "
+              f"{vmap['run_s']:.1f} s, {vmap['total_s_since_start']:.1f} s since process "
+              f"start; {vmap['steps_per_s']:,.0f} env steps/s in total"
+              + (f" ({vmap['steps_per_s'] / ref:.0f}x one sb3 seed)" if ref else ""))
+        at = ", ".join(f"{s}: {_f(x, ',d', 'not solved')}"
+                       for s, x in zip(vmap["seeds"], vmap["solved_at_env_steps"]))
+        print(f"  {vmap['num_solved']}/{n} seeds reached 475; env steps at solve: {at}")
+        print("  final returns: " + ", ".join(f"{x:.0f}" for x in vmap["final_returns"]))
+    print("=" * 88)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds for the one-seed runs (default: 0 1; --quick: 0)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke test: {QUICK_TIMESTEPS:,} steps, 2 vmapped seeds")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--skip-sb3", action="store_true", help="run only npgjax")
+    parser.add_argument("--total-timesteps", type=int, default=None,
+                        help=f"env steps per seed (default {TOTAL_TIMESTEPS:,})")
+    parser.add_argument("--chunk-updates", type=int, default=1,
+                        help="npgjax updates per jitted chunk in the one-seed runs, rounded "
+                        "down to a divisor of the number of updates (default: %(default)s)")
+    parser.add_argument("--vmap-seeds", type=int, default=None,
+                        help="seeds vmapped in one jit (default 8, --quick 2; 0 skips)")
+    parser.add_argument("--target", type=float, default=TARGET_RETURN,
+                        help="mean return of the last 20 episodes that counts as solved")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker_main(args.worker, args.spec)
+        return {}
+
+    seeds = args.seeds or ([0] if args.quick else [0, 1])
+    total = args.total_timesteps or (QUICK_TIMESTEPS if args.quick else TOTAL_TIMESTEPS)
+    n_vmap = args.vmap_seeds if args.vmap_seeds is not None else (2 if args.quick else 8)
+    info = machine_info()
+    v = info["versions"]
+    print("npgjax vs sb3-contrib: TRPO on CartPole-v1 with the RL-zoo settings, same machine, "
+          "same run")
+    print(f"machine: {info['cpu_model']} ({info['machine']}), {info['cpu_count']} cores "
+          f"({info['usable_cpus']} usable), python {info['python']}; jax {v['jax']}, "
+          f"jaxlib {v['jaxlib']}, gymnax {v['gymnax']}, torch {v['torch']}, "
+          f"stable-baselines3 {v['stable_baselines3']}, sb3-contrib {v['sb3_contrib']}, "
+          f"gymnasium {v['gymnasium']}")
+    print(f"load average (1, 5, 15 min) at start: {info['load_average_at_start']}")
+    print(f"{total:,} env steps per seed; seeds {seeds}; target: mean of the last {WINDOW} "
+          f"episodes >= {args.target:g}; npgjax chunks of {args.chunk_updates} update(s)")
+    print_mapping()
+    if not args.skip_sb3 and (v["sb3_contrib"] is None or v["torch"] is None):
+        parser.error("sb3-contrib is not installed: .venv/bin/pip install torch==2.13.0 && "
+                     ".venv/bin/pip install -e '.[sb3]' (or pass --skip-sb3)")
+
+    common = {"total_timesteps": total, "target": args.target}
+    runs: dict[int, dict[str, Any]] = {}
+    cache_root = tempfile.mkdtemp(prefix="compare_sb3_cache_")
+    t_start = time.perf_counter()
+    try:
+        for seed in seeds:
+            print(f"\nseed {seed}")
+            runs[seed] = {}
+            if not args.skip_sb3:
+                runs[seed]["sb3"] = run_worker("sb3", dict(common, seed=seed))
+                print_run("sb3-contrib TRPO", runs[seed]["sb3"])
+            cache = os.path.join(cache_root, f"seed{seed}")
+            os.makedirs(cache)
+            for label in ("cold", "warm"):
+                spec = dict(common, seed=seed, cache_dir=cache, cache_label=label,
+                            chunk_updates=args.chunk_updates)
+                runs[seed][label] = run_worker("npgjax", spec)
+                print_run(f"npgjax {label} cache", runs[seed][label])
+            sys.stdout.flush()
+        vmap = None
+        if n_vmap > 0:
+            cache = os.path.join(cache_root, "vmap")
+            os.makedirs(cache)
+            print(f"\nnpgjax, {n_vmap} seeds vmapped in one jit")
+            vmap = run_worker("npgjax-vmap", dict(common, seeds=list(range(n_vmap)),
+                                                  cache_dir=cache))
+            print(f"  done: {vmap['steps_per_s']:,.0f} env steps/s in total; cpu "
+                  f"{vmap['worker_cpu_s']:.1f} s / wall {vmap['worker_wall_s']:.1f} s; load "
+                  f"before {vmap['load_average_before']}")
+    finally:
+        shutil.rmtree(cache_root, ignore_errors=True)
+    ratios = summarize(runs)
+    print_summary(runs, vmap, ratios)
+    print(f"load average at end: {load_average()}; benchmark wall time "
+          f"{time.perf_counter() - t_start:.0f} s")
+    results = {"machine": info, "settings": {"sb3_zoo": SB3_ZOO, "npgjax_config": {
+        k: list(x) if isinstance(x, tuple) else x for k, x in NPGJAX_CONFIG.items()},
+        "total_timesteps": total, "target": args.target, "window": WINDOW,
+        "chunk_updates": args.chunk_updates}, "targets": {"cold_time": TARGET_COLD,
+        "warm_time": TARGET_WARM, "steps_per_s": TARGET_SPS},
+        "runs": {str(k): x for k, x in runs.items()}, "vmap": vmap,
+        "ratios": {"per_seed": {str(k): x for k, x in ratios["per_seed"].items()},
+                   "pooled": ratios["pooled"]}}
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
