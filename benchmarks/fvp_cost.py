@@ -29,7 +29,7 @@ Rows of the table, for each problem size:
 
 Run ``.venv/bin/python benchmarks/fvp_cost.py`` (2 to 4 minutes on 2 CPU cores: a
 case stops repeating after about 40 s of timing, once it has 3 repeats; at most 7),
-``--quick`` for a smoke test (about 20 s), ``--json PATH`` to save the results.
+``--quick`` for a smoke test (20 s to a minute), ``--json PATH`` to save the results.
 """
 
 from __future__ import annotations
@@ -401,7 +401,7 @@ def print_case(case: Case, n_params: int, summary, checks, repeats: int, secs: f
         if target is not None:
             tgt = f"<= {target:g}x {'ok' if s['ratio'] <= target else 'MISSED'}"
         q = f"[{s['ratio_q1']:.2f}, {s['ratio_q3']:.2f}]"
-        print(f"{label:48} {s['ratio']:6.2f}x {q:>14} {s['cpu']:6.2f}x {ms}  {tgt}")
+        print(f"{label:48} {s['ratio']:6.2f}x {q:>14} {s['cpu']:6.2f}x {ms}  {tgt}".rstrip())
     cg_ms = ", ".join(
         f"{k} {summary[f'{k}_cg10']['ms']:.1f} / {summary[f'{k}_cg20']['ms']:.1f}"
         for k in ("emp", "ana", "kl")

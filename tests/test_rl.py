@@ -33,7 +33,7 @@ def test_short_cartpole_run_improves_return(algo):
 
 
 def test_continuous_pendulum_learns_on_a_tiny_budget():
-    cfg = _small("Pendulum-v1", total_timesteps=20_480, num_envs=8, num_steps=128)
+    cfg = get_config("Pendulum-v1", "npg", total_timesteps=24_576)
     _, m = jax.jit(jax.vmap(make_train(cfg)))(jax.random.split(jax.random.PRNGKey(1), 2))
     r = np.asarray(m["rollout_return"])
     assert np.nanmean(r[:, -4:]) > np.nanmean(r[:, :4]) + 100
