@@ -15,7 +15,21 @@ Array = jax.Array
 
 
 def tree_vdot(a: PyTree, b: PyTree) -> Array:
-    """Inner product of two pytrees with the same structure."""
+    """Inner product of two pytrees with the same structure.
+
+    Args:
+      a: a pytree of arrays.
+      b: a pytree with the same structure and shapes.
+
+    Returns:
+      The scalar sum over leaves of ``vdot(a_leaf, b_leaf)``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from npgjax import tree_vdot
+      >>> float(tree_vdot({"w": jnp.ones(2), "b": 2.0}, {"w": jnp.ones(2), "b": 3.0}))
+      8.0
+    """
     leaves = [jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)]
     return sum(leaves, jnp.zeros((), jnp.result_type(*leaves) if leaves else jnp.float32))
 
@@ -64,6 +78,13 @@ def materialize(matvec: Callable[[PyTree], PyTree], like: PyTree) -> Array:
 
     Returns:
       ``M`` with ``M @ ravel(v) == ravel(matvec(v))``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from npgjax import materialize
+      >>> materialize(lambda v: {"a": 2 * v["a"]}, {"a": jnp.zeros(2)})
+      Array([[2., 0.],
+             [0., 2.]], dtype=float32)
     """
     flat, unravel = ravel_pytree(like)
     eye = jnp.eye(flat.size, dtype=flat.dtype)

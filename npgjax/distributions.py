@@ -63,14 +63,17 @@ class Categorical:
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
+        """Leading shape of the logits (all but the last axis)."""
         return tuple(self.logits.shape[:-1])
 
     @property
     def log_probs(self) -> Array:
+        """Normalised log-probabilities of every action, ``[..., A]``."""
         return jax.nn.log_softmax(self.logits, axis=-1)
 
     @property
     def probs(self) -> Array:
+        """Probabilities of every action, ``[..., A]``."""
         return jax.nn.softmax(self.logits, axis=-1)
 
     def log_prob(self, actions: Array) -> Array:
@@ -93,6 +96,7 @@ class Categorical:
         return jnp.take_along_axis(lp, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
     def entropy(self) -> Array:
+        """Entropy per batch element."""
         lp = self.log_probs
         return -jnp.sum(jnp.exp(lp) * lp, axis=-1)
 
@@ -104,9 +108,11 @@ class Categorical:
     kl_divergence = kl
 
     def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
+        """Integer actions of shape ``sample_shape + batch_shape``."""
         return jax.random.categorical(key, self.logits, shape=sample_shape + self.batch_shape)
 
     def mode(self) -> Array:
+        """The most likely action."""
         return jnp.argmax(self.logits, axis=-1)
 
     def fisher_vector_product(self, tangent: Categorical) -> Categorical:
@@ -170,10 +176,12 @@ class DiagGaussian:
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
+        """Leading shape of the mean (all but the action axis)."""
         return tuple(self.mean.shape[:-1])
 
     @property
     def std(self) -> Array:
+        """Standard deviation, ``exp(log_std)``."""
         return jnp.exp(self.log_std)
 
     def log_prob(self, actions: Array) -> Array:
@@ -193,6 +201,7 @@ class DiagGaussian:
         return jnp.sum(-0.5 * z**2 - self.log_std - 0.5 * math.log(2 * math.pi), axis=-1)
 
     def entropy(self) -> Array:
+        """Entropy per batch element (summed over action dimensions)."""
         return jnp.sum(self.log_std + 0.5 * (1.0 + math.log(2 * math.pi)), axis=-1)
 
     def kl(self, other: DiagGaussian) -> Array:
@@ -204,10 +213,12 @@ class DiagGaussian:
     kl_divergence = kl
 
     def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
+        """Actions of shape ``sample_shape + mean.shape``."""
         eps = jax.random.normal(key, sample_shape + self.mean.shape, self.mean.dtype)
         return self.mean + self.std * eps
 
     def mode(self) -> Array:
+        """The mean."""
         return self.mean
 
     def fisher_vector_product(self, tangent: DiagGaussian) -> DiagGaussian:
@@ -229,6 +240,13 @@ def distribution_fisher_vector_product(dist: Any, tangent: Any) -> Any:
 
     Returns:
       ``F_dist t`` with the structure of ``dist``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from npgjax import Categorical, distribution_fisher_vector_product
+      >>> d = Categorical(jnp.zeros(2))
+      >>> distribution_fisher_vector_product(d, Categorical(jnp.array([1.0, 0.0]))).logits
+      Array([ 0.25, -0.25], dtype=float32)
     """
     if hasattr(dist, "fisher_vector_product"):
         return dist.fisher_vector_product(tangent)

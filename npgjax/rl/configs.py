@@ -7,6 +7,7 @@ from typing import Any
 
 __all__ = ["ALGOS", "ENV_DEFAULTS", "Config", "get_config"]
 
+#: The algorithms ``make_train`` knows.
 ALGOS = ("npg", "trpo", "vpg", "enac")
 
 
@@ -44,6 +45,11 @@ class Config:
       normalize_adv: normalise advantages per batch.
       init_log_std: initial log std (continuous actions).
       return_window: episodes in the running mean return (the "last 20 episodes").
+
+    Examples:
+      >>> from npgjax.rl import Config
+      >>> Config(num_envs=4, num_steps=256).batch_size
+      1024
     """
 
     env: str = "CartPole-v1"
@@ -111,7 +117,7 @@ class Config:
         return self
 
 
-# Defaults per environment; algorithm-specific entries override the shared ones.
+#: Defaults per environment, applied by :func:`get_config` before the user's overrides.
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "CartPole-v1": {
         "num_envs": 8, "num_steps": 128, "gamma": 0.99, "gae_lambda": 0.98, "max_kl": 0.01,

@@ -22,6 +22,14 @@ class MLP(nn.Module):
       activation: ``"tanh"``, ``"relu"`` or ``"gelu"``.
       out_scale: gain of the output layer's orthogonal init (0.01 for a policy head,
         1.0 for a value head).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from npgjax.rl import MLP
+      >>> net = MLP(hidden=(8,), out=2)
+      >>> params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)))
+      >>> net.apply(params, jnp.zeros((5, 3))).shape
+      (5, 2)
     """
 
     hidden: Sequence[int]

@@ -33,12 +33,31 @@ PyTree = Any
 
 __all__ = ["HPARAMS", "RunnerState", "Trainer", "make_train", "make_trainer"]
 
-# Config fields that may be traced: pass them in ``hparams`` to vmap over them.
+#: Config fields that may be traced: pass them in ``hparams`` to vmap over them.
 HPARAMS = ("max_kl", "damping", "vf_lr", "pi_lr", "gamma", "gae_lambda")
 
 
 class RunnerState(NamedTuple):
-    """Everything that changes during training (a pytree; checkpoint it as is)."""
+    """Everything that changes during training (a pytree; checkpoint it as is).
+
+    Attributes:
+      pi_params: policy parameters (``{"net": flax params}`` plus ``"log_std"`` for
+        continuous actions).
+      vf_params: critic parameters.
+      vf_opt_state: the critic's adam state.
+      pi_opt_state: the policy's adam state (vpg only; ``()`` otherwise).
+      obs_stats: running observation statistics.
+      env_state: vmapped gymnax environment states.
+      obs: current raw observations ``[num_envs, ...]``.
+      ep_return: running return of each environment's current episode.
+      ep_length: running length of each environment's current episode.
+      return_buffer: returns of the last ``return_window`` finished episodes.
+      length_buffer: their lengths.
+      num_episodes: episodes finished so far.
+      key: PRNG key (training is a deterministic function of it).
+      update: number of updates done.
+      hparams: the traced hyperparameters (:data:`HPARAMS`).
+    """
 
     pi_params: PyTree
     vf_params: PyTree
@@ -58,7 +77,14 @@ class RunnerState(NamedTuple):
 
 
 class Trainer(NamedTuple):
-    """``init(key, hparams=None) -> RunnerState`` and ``update(state) -> (state, metrics)``."""
+    """The pure pieces of training.
+
+    Attributes:
+      init: ``init(key, hparams=None) -> RunnerState``.
+      update: ``update(state) -> (state, metrics)``: one rollout, one policy step, one
+        critic fit. Scan it for many.
+      config: the validated config.
+    """
 
     init: Callable[..., RunnerState]
     update: Callable[[RunnerState], tuple[RunnerState, dict[str, Array]]]
