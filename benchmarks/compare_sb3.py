@@ -31,20 +31,32 @@ so that the load of a shared machine hits both sides alike):
    ``PRNGKey(0..7)``): compile time, the time for all 8 seeds to train 100k steps each,
    total env steps/s, and how many seeds reach 475 (and at which env step).
 
+Each of these runs twice, in two CPU modes: ``default`` (both libraries pick their own
+threads, nothing pinned: what a user gets) and ``1core`` (every process pinned to the same
+single CPU with ``os.sched_setaffinity`` before torch or jax start, and
+``torch.set_num_threads(1)``). On a small shared machine the thread pools of both
+libraries can lose badly to other load (torch's two threads have been seen at 33
+env steps/s against 3,500 with one), so the ``1core`` figures are the fairer comparison
+there. An sb3 run that has not solved after ``--sb3-time-limit`` seconds of learning is
+stopped; its steps/s then covers the steps done and its time ratios are lower bounds.
+
 The ratios (sb3 time / npgjax time, npgjax steps/s / sb3 steps/s) are printed next to
 the targets of issue #3: time to solve at least 10x shorter from a cold start and 20x
-with a warm compilation cache, at least 60x the env steps per second.
+with a warm compilation cache, at least 60x the env steps per second. Sample efficiency
+is printed too (env steps at solve: sb3 checks after every env step, npgjax after every
+update of 1,024 steps, so npgjax's figure is rounded up to the update).
 
 Install the peer (an optional extra)::
 
     .venv/bin/pip install torch==2.13.0     # CPU wheel; a plain `torch` may pull CUDA (GBs)
     .venv/bin/pip install -e '.[sb3]'        # stable-baselines3, sb3-contrib, gymnasium<1.4
 
-Run ``.venv/bin/python benchmarks/compare_sb3.py`` (about 5 minutes on 2 CPU cores),
-``--quick`` for a smoke test (small budget, one seed, about a minute), ``--seeds 0 1 2``
-for other seeds, ``--skip-sb3`` to run only npgjax, ``--json PATH`` to save the results.
-Other jobs on a shared machine slow either side; the load average is printed before each
-run, and each run's CPU time next to its wall time.
+Run ``.venv/bin/python benchmarks/compare_sb3.py`` (about 10 minutes on 2 CPU cores, up
+to 25 on a loaded machine), ``--quick`` for a smoke test (small budget, one seed, about
+2 minutes), ``--seeds 0 1 2`` for other seeds, ``--cpu-modes 1core`` for one mode,
+``--skip-sb3`` to run only npgjax, ``--json PATH`` to save the results. Other jobs on a
+shared machine slow either side; the load average is printed before each run, and each
+run's CPU time next to its wall time.
 """
 
 from __future__ import annotations
@@ -210,8 +222,11 @@ def worker_sb3(spec: dict[str, Any]) -> dict[str, Any]:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
+    if spec.get("one_core"):
+        torch.set_num_threads(1)
     t_imported = time.time() - t0
     target = spec["target"]
+    limit_s = spec["sb3_time_limit"]
 
     class SolveCallback(BaseCallback):
         """Keeps the last 20 episode returns; records when their mean first hits target."""
@@ -222,6 +237,7 @@ def worker_sb3(spec: dict[str, Any]) -> dict[str, Any]:
             self.episodes = 0
             self.solved: dict[str, Any] | None = None
             self.t_learn = 0.0
+            self.stopped = False
 
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:
@@ -237,6 +253,9 @@ def worker_sb3(spec: dict[str, Any]) -> dict[str, Any]:
                         "learn_seconds": time.perf_counter() - self.t_learn,
                         "episodes": self.episodes,
                     }
+            if limit_s and time.perf_counter() - self.t_learn > limit_s:
+                self.stopped = True  # too slow (a loaded machine): stop, keep what we have
+                return False
             return True
 
     seed = spec["seed"]
@@ -267,6 +286,7 @@ def worker_sb3(spec: dict[str, Any]) -> dict[str, Any]:
         "solved": cb.solved,
         "final_return": float(np.mean(cb.returns)) if cb.returns else None,
         "episodes": cb.episodes,
+        "stopped_at_time_limit": cb.stopped,
         "torch_num_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }
@@ -309,9 +329,13 @@ def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
         return jax.lax.scan(lambda s, _: trainer.update(s), state, None, length=K)
 
     t_c0 = time.time()
-    init_c = jax.jit(trainer.init).lower(key).compile()
+    init_lowered = jax.jit(trainer.init).lower(key)
+    t_l0 = time.time()
+    init_c = init_lowered.compile()
     t_c1 = time.time()
-    chunk_c = jax.jit(run_chunk).lower(jax.eval_shape(trainer.init, key)).compile()
+    chunk_lowered = jax.jit(run_chunk).lower(jax.eval_shape(trainer.init, key))
+    t_l1 = time.time()
+    chunk_c = chunk_lowered.compile()
     t_c2 = time.time()
     state = init_c(key)
     returns: list[float] = []
@@ -337,7 +361,9 @@ def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
         "import_s": t_imported,
         "compile_init_s": t_c1 - t_c0,
         "compile_chunk_s": t_c2 - t_c1,
-        "compile_s": t_c2 - t_c0,
+        "compile_s": t_c2 - t_c0,  # tracing, lowering and XLA (or the cache) together
+        "trace_lower_s": (t_l0 - t_c0) + (t_l1 - t_c1),
+        "xla_compile_s": (t_c1 - t_l0) + (t_c2 - t_l1),
         "ready_s": t_c2 - t0,  # process start to compiled (imports, tracing, compiling)
         "chunk_updates": K,
         "chunks": n_chunks,
@@ -366,7 +392,9 @@ def worker_npgjax_vmap(spec: dict[str, Any]) -> dict[str, Any]:
     keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in seeds])
     train = jax.jit(jax.vmap(make_train(config)))
     t_c0 = time.time()
-    train_c = train.lower(keys).compile()
+    lowered = train.lower(keys)
+    t_l = time.time()
+    train_c = lowered.compile()
     compile_s = time.time() - t_c0
     t = time.perf_counter()
     _, metrics = train_c(keys)
@@ -379,6 +407,7 @@ def worker_npgjax_vmap(spec: dict[str, Any]) -> dict[str, Any]:
         "seeds": seeds,
         "import_s": t_imported,
         "compile_s": compile_s,
+        "trace_lower_s": t_l - t_c0,
         "run_s": run_s,
         "total_s_since_start": time.time() - t0,
         "env_steps_per_seed": config.num_updates * B,
@@ -394,7 +423,8 @@ WORKERS = {"sb3": worker_sb3, "npgjax": worker_npgjax, "npgjax-vmap": worker_npg
 
 
 def run_worker(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one worker in a fresh process; returns its result plus process-level timings."""
+    """Run one worker in a fresh process; its result plus process-level timings, or
+    ``{"error": ...}`` when it failed (the other runs go on)."""
     fd, out = tempfile.mkstemp(prefix="compare_sb3_", suffix=".json")
     os.close(fd)
     load = load_average()
@@ -402,26 +432,30 @@ def run_worker(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     spec = dict(spec, t0=t0, out=out)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind,
            "--spec", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
-                          cwd=str(ROOT))
-    wall = time.time() - t0
     try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
+                              cwd=str(ROOT))
         if proc.returncode != 0:
-            raise RuntimeError(
-                f"{kind} worker failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                f"{proc.stderr[-4000:]}"
-            )
+            return {"error": f"{kind} worker exited with {proc.returncode}:\n"
+                             f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}",
+                    "load_average_before": load}
         with open(out) as f:
             result = json.load(f)
+    except subprocess.TimeoutExpired:
+        return {"error": f"{kind} worker ran past {WORKER_TIMEOUT_S} s",
+                "load_average_before": load}
     finally:
         os.unlink(out)
-    result["process_wall_s"] = wall
+    result["process_wall_s"] = time.time() - t0
     result["load_average_before"] = load
     return result
 
 
 def worker_main(kind: str, spec_json: str) -> None:
     spec = json.loads(spec_json)
+    if spec.get("one_core"):
+        # Before torch or jax start: their thread pools size themselves from the affinity.
+        os.sched_setaffinity(0, {spec["cpu"]})
     sys.path.insert(0, str(ROOT))
     result = WORKERS[kind](spec)
     result["worker_cpu_s"] = cpu_seconds()
@@ -431,8 +465,18 @@ def worker_main(kind: str, spec_json: str) -> None:
 
 
 # ---------------------------------------------------------------- report
+MODES = {
+    "default": "default threads (torch and XLA pick their own; nothing pinned)",
+    "1core": "one core each (process pinned to one CPU; torch.set_num_threads(1))",
+}
+
+
 def _f(x: float | None, spec: str = ".1f", none: str = "n/a") -> str:
     return none if x is None else format(x, spec)
+
+
+def _ok(r: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if r is None or "error" in r else r
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -440,11 +484,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _solved_s(r: dict[str, Any] | None) -> float | None:
+    r = _ok(r)
     return None if r is None or r.get("solved") is None else r["solved"]["seconds_since_start"]
 
 
 def _solved_steps(r: dict[str, Any] | None) -> int | None:
+    r = _ok(r)
     return None if r is None or r.get("solved") is None else r["solved"]["env_steps"]
+
+
+def _sps(r: dict[str, Any] | None) -> float | None:
+    r = _ok(r)
+    return None if r is None else r["steps_per_s"]
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
 
 
 def print_mapping() -> None:
@@ -454,16 +509,21 @@ def print_mapping() -> None:
 
 
 def print_run(label: str, r: dict[str, Any]) -> None:
+    if "error" in r:
+        print(f"  {label:22} FAILED: {r['error'][:2000]}")
+        return
     solved = r.get("solved")
     where = (f"solved at {solved['env_steps']:,} steps, {solved['seconds_since_start']:.1f} s "
              "after process start" if solved else "not solved")
     cpu = f"cpu {r['worker_cpu_s']:.1f} s / wall {r['worker_wall_s']:.1f} s"
     if label.startswith("sb3"):
-        extra = (f"imports {r['import_s']:.1f} s, learn {r['learn_s']:.1f} s, "
-                 f"{r['steps_per_s']:,.0f} steps/s, torch threads {r['torch_num_threads']}")
+        extra = (f"imports {r['import_s']:.1f} s, learn {r['learn_s']:.1f} s for "
+                 f"{r['env_steps']:,} steps, {r['steps_per_s']:,.0f} steps/s, torch threads "
+                 f"{r['torch_num_threads']}"
+                 + (" [STOPPED at the time limit]" if r["stopped_at_time_limit"] else ""))
     else:
-        extra = (f"imports {r['import_s']:.1f} s, compile {r['compile_s']:.1f} s (init "
-                 f"{r['compile_init_s']:.1f} + chunk {r['compile_chunk_s']:.1f}), ready "
+        extra = (f"imports {r['import_s']:.1f} s, compile {r['compile_s']:.1f} s (trace+lower "
+                 f"{r['trace_lower_s']:.1f} + XLA/cache {r['xla_compile_s']:.1f}), ready "
                  f"{r['ready_s']:.1f} s, train {r['train_s']:.1f} s, "
                  f"{r['steps_per_s']:,.0f} steps/s steady")
     print(f"  {label:22} {where}; final return {_f(r['final_return'])}")
@@ -471,94 +531,90 @@ def print_run(label: str, r: dict[str, Any]) -> None:
 
 
 def summarize(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Per-seed and pooled ratios; pooled = sum of sb3 times / sum of npgjax times over
-    the seeds that both solved (a mean of per-seed times), steps/s averaged likewise."""
-    rows: dict[str, Any] = {"per_seed": {}, "pooled": {}}
-    sums: dict[str, list[float]] = {"sb3": [], "cold": [], "sb3_w": [], "warm": []}
+    """Per-seed and pooled ratios for one CPU mode. Pooled: mean sb3 time / mean npgjax
+    time over the seeds that both solved; steps/s: ratio of the means."""
+    out: dict[str, Any] = {"per_seed": {}, "pooled": {}}
+    pairs: dict[str, tuple[list[float], list[float]]] = {"cold": ([], []), "warm": ([], [])}
     sps: dict[str, list[float]] = {"sb3": [], "cold": [], "warm": []}
     for seed, r in runs.items():
-        sb3, cold, warm = r.get("sb3"), r.get("cold"), r.get("warm")
-        row = {
-            "cold_time_ratio": _ratio(_solved_s(sb3), _solved_s(cold)),
-            "warm_time_ratio": _ratio(_solved_s(sb3), _solved_s(warm)),
-            "cold_sps_ratio": _ratio(cold and cold["steps_per_s"], sb3 and sb3["steps_per_s"]),
-            "warm_sps_ratio": _ratio(warm and warm["steps_per_s"], sb3 and sb3["steps_per_s"]),
-        }
-        rows["per_seed"][seed] = row
-        if _solved_s(sb3) is not None and _solved_s(cold) is not None:
-            sums["sb3"].append(_solved_s(sb3))
-            sums["cold"].append(_solved_s(cold))
-        if _solved_s(sb3) is not None and _solved_s(warm) is not None:
-            sums["sb3_w"].append(_solved_s(sb3))
-            sums["warm"].append(_solved_s(warm))
-        for name, x in (("sb3", sb3), ("cold", cold), ("warm", warm)):
-            if x is not None:
-                sps[name].append(x["steps_per_s"])
-    mean = lambda xs: sum(xs) / len(xs) if xs else None
-    rows["pooled"] = {
-        "cold_time_ratio": _ratio(mean(sums["sb3"]), mean(sums["cold"])),
-        "warm_time_ratio": _ratio(mean(sums["sb3_w"]), mean(sums["warm"])),
-        "cold_sps_ratio": _ratio(mean(sps["cold"]), mean(sps["sb3"])),
-        "warm_sps_ratio": _ratio(mean(sps["warm"]), mean(sps["sb3"])),
-    }
-    return rows
+        sb3 = r.get("sb3")
+        row = {}
+        sb3_ok = _ok(sb3)
+        # An sb3 run stopped at the time limit before solving gives a lower bound.
+        bound = (sb3_ok is not None and sb3_ok["solved"] is None
+                 and sb3_ok["stopped_at_time_limit"])
+        for side in ("cold", "warm"):
+            row[f"{side}_time_ratio"] = _ratio(
+                sb3_ok["worker_wall_s"] if bound else _solved_s(sb3), _solved_s(r.get(side)))
+            row[f"{side}_time_ratio_is_lower_bound"] = bool(bound)
+            row[f"{side}_sps_ratio"] = _ratio(_sps(r.get(side)), _sps(sb3))
+            if _solved_s(sb3) is not None and _solved_s(r.get(side)) is not None:
+                pairs[side][0].append(_solved_s(sb3))
+                pairs[side][1].append(_solved_s(r.get(side)))
+        out["per_seed"][seed] = row
+        for name in sps:
+            if _sps(r.get(name)) is not None:
+                sps[name].append(_sps(r.get(name)))
+    for side in ("cold", "warm"):
+        out["pooled"][f"{side}_time_ratio"] = _ratio(_mean(pairs[side][0]),
+                                                     _mean(pairs[side][1]))
+        out["pooled"][f"{side}_sps_ratio"] = _ratio(_mean(sps[side]), _mean(sps["sb3"]))
+    return out
 
 
-def print_summary(runs: dict[int, dict[str, Any]], vmap: dict[str, Any] | None,
+def print_summary(mode: str, runs: dict[int, dict[str, Any]], vmap: dict[str, Any] | None,
                   ratios: dict[str, Any]) -> None:
     seeds = list(runs)
     w = 12
-    print("\n" + "=" * 88)
-    print("time to solve (mean of last 20 episodes >= 475), seconds since process start, "
-          "compile included")
-    head = f"{'':34}" + "".join(f"{'seed ' + str(s):>{w}}" for s in seeds)
-    print(head)
-    for label, key in (("sb3-contrib TRPO", "sb3"), ("npgjax cold cache", "cold"),
-                       ("npgjax warm cache", "warm")):
-        print(f"{label + ' [s]':34}" + "".join(
+    cols = "".join(f"{'seed ' + str(s):>{w}}" for s in seeds)
+    sides = (("sb3-contrib TRPO", "sb3"), ("npgjax cold cache", "cold"),
+             ("npgjax warm cache", "warm"))
+    print("\n" + "=" * 92)
+    print(f"[{mode}] {MODES[mode]}")
+    print(f"{'time to solve [s since process start]':40}{cols}")
+    for label, key in sides:
+        print(f"{'  ' + label:40}" + "".join(
             f"{_f(_solved_s(runs[s].get(key))):>{w}}" for s in seeds))
-    print("env steps at solve (sample efficiency)")
-    for label, key in (("sb3-contrib TRPO", "sb3"), ("npgjax cold cache", "cold"),
-                       ("npgjax warm cache", "warm")):
-        print(f"{'  ' + label:34}" + "".join(
+    print(f"{'env steps at solve (sample efficiency)':40}{cols}")
+    for label, key in sides:
+        print(f"{'  ' + label:40}" + "".join(
             f"{_f(_solved_steps(runs[s].get(key)), ',d'):>{w}}" for s in seeds))
-    print("env steps/s, one seed, compile excluded")
-    for label, key in (("sb3-contrib TRPO (learn)", "sb3"), ("npgjax cold run (steady)", "cold"),
+    print(f"{'env steps/s, one seed, compile excluded':40}{cols}")
+    for label, key in (("sb3-contrib TRPO (model.learn)", "sb3"),
+                       ("npgjax cold run (steady)", "cold"),
                        ("npgjax warm run (steady)", "warm")):
-        print(f"{'  ' + label:34}" + "".join(
-            f"{_f(runs[s][key]['steps_per_s'] if runs[s].get(key) else None, ',.0f'):>{w}}"
-            for s in seeds))
-
-    print("\nratios" + " " * 28 + "".join(f"{'seed ' + str(s):>{w}}" for s in seeds)
-          + f"{'pooled':>{w}}{'target':>{w}}  met")
+        print(f"{'  ' + label:40}" + "".join(
+            f"{_f(_sps(runs[s].get(key)), ',.0f'):>{w}}" for s in seeds))
+    print(f"{'ratios':40}{cols}{'pooled':>{w}}{'target':>{w}}  met")
     for label, key, target in (
-        ("time to solve, cold (sb3/npgjax)", "cold_time_ratio", TARGET_COLD),
-        ("time to solve, warm (sb3/npgjax)", "warm_time_ratio", TARGET_WARM),
-        ("env steps/s (npgjax/sb3), cold run", "cold_sps_ratio", TARGET_SPS),
-        ("env steps/s (npgjax/sb3), warm run", "warm_sps_ratio", TARGET_SPS),
+        ("  time to solve, cold (sb3 / npgjax)", "cold_time_ratio", TARGET_COLD),
+        ("  time to solve, warm (sb3 / npgjax)", "warm_time_ratio", TARGET_WARM),
+        ("  env steps/s, cold run (npgjax / sb3)", "cold_sps_ratio", TARGET_SPS),
+        ("  env steps/s, warm run (npgjax / sb3)", "warm_sps_ratio", TARGET_SPS),
     ):
-        vals = [ratios["per_seed"][s][key] for s in seeds]
+        vals = [(">" if ratios["per_seed"][s].get(key + "_is_lower_bound") else "")
+                + _f(ratios["per_seed"][s][key], ".1f") + "x" for s in seeds]
         pooled = ratios["pooled"][key]
         met = "n/a" if pooled is None else ("yes" if pooled >= target else "NO")
-        print(f"{label:34}" + "".join(f"{_f(v, '.1f') + 'x':>{w}}" for v in vals)
+        print(f"{label:40}" + "".join(f"{v:>{w}}" for v in vals)
               + f"{_f(pooled, '.1f') + 'x':>{w}}{'>= ' + format(target, 'g') + 'x':>{w}}  {met}")
-    print("(pooled: mean sb3 time / mean npgjax time over seeds that both solved; "
-          "steps/s: ratio of means)")
+    print("  (pooled: mean sb3 time / mean npgjax time over the seeds both solved; steps/s: "
+          "ratio of the means; '>': sb3 stopped at --sb3-time-limit unsolved)")
+    vmap = _ok(vmap)
     if vmap is not None:
-        sb3_sps = [runs[s]["sb3"]["steps_per_s"] for s in seeds if runs[s].get("sb3")]
-        ref = sum(sb3_sps) / len(sb3_sps) if sb3_sps else None
+        ref = _mean([x for x in (_sps(runs[s].get("sb3")) for s in seeds) if x is not None])
         n = len(vmap["seeds"])
-        print(f"\nnpgjax, {n} seeds vmapped in one jit ({vmap['env_steps_per_seed']:,} steps "
+        print(f"npgjax, {n} seeds vmapped in one jit ({vmap['env_steps_per_seed']:,} steps "
               f"each, empty compilation cache):")
-        print(f"  compile {vmap['compile_s']:.1f} s, all {n} seeds trained in "
-              f"{vmap['run_s']:.1f} s, {vmap['total_s_since_start']:.1f} s since process "
-              f"start; {vmap['steps_per_s']:,.0f} env steps/s in total"
-              + (f" ({vmap['steps_per_s'] / ref:.0f}x one sb3 seed)" if ref else ""))
-        at = ", ".join(f"{s}: {_f(x, ',d', 'not solved')}"
-                       for s, x in zip(vmap["seeds"], vmap["solved_at_env_steps"]))
+        print(f"  compile {vmap['compile_s']:.1f} s; all {n} seeds trained in "
+              f"{vmap['run_s']:.1f} s ({vmap['total_s_since_start']:.1f} s since process "
+              f"start); {vmap['steps_per_s']:,.0f} env steps/s in total"
+              + (f", {vmap['steps_per_s'] / ref:.0f}x one sb3 seed's" if ref else ""))
+        at = ", ".join(f"{s}: {_f(x, ',d', 'no')}"
+                       for s, x in zip(vmap["seeds"], vmap["solved_at_env_steps"], strict=True))
         print(f"  {vmap['num_solved']}/{n} seeds reached 475; env steps at solve: {at}")
         print("  final returns: " + ", ".join(f"{x:.0f}" for x in vmap["final_returns"]))
-    print("=" * 88)
+    print("=" * 92)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -569,6 +625,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help=f"smoke test: {QUICK_TIMESTEPS:,} steps, 2 vmapped seeds")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--skip-sb3", action="store_true", help="run only npgjax")
+    parser.add_argument("--cpu-modes", nargs="+", choices=sorted(MODES),
+                        default=["default", "1core"],
+                        help="'default': both libraries pick their threads; '1core': every "
+                        "process pinned to one CPU, torch.set_num_threads(1) (default: both)")
     parser.add_argument("--total-timesteps", type=int, default=None,
                         help=f"env steps per seed (default {TOTAL_TIMESTEPS:,})")
     parser.add_argument("--chunk-updates", type=int, default=1,
@@ -576,6 +636,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "down to a divisor of the number of updates (default: %(default)s)")
     parser.add_argument("--vmap-seeds", type=int, default=None,
                         help="seeds vmapped in one jit (default 8, --quick 2; 0 skips)")
+    parser.add_argument("--sb3-time-limit", type=float, default=300.0,
+                        help="stop an sb3 run after this many seconds of learning (its "
+                        "steps/s then covers the steps done; default: %(default)s)")
     parser.add_argument("--target", type=float, default=TARGET_RETURN,
                         help="mean return of the last 20 episodes that counts as solved")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -588,8 +651,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     total = args.total_timesteps or (QUICK_TIMESTEPS if args.quick else TOTAL_TIMESTEPS)
     n_vmap = args.vmap_seeds if args.vmap_seeds is not None else (2 if args.quick else 8)
+    modes = list(dict.fromkeys(args.cpu_modes))
     info = machine_info()
     v = info["versions"]
+    cpu = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
     print("npgjax vs sb3-contrib: TRPO on CartPole-v1 with the RL-zoo settings, same machine, "
           "same run")
     print(f"machine: {info['cpu_model']} ({info['machine']}), {info['cpu_count']} cores "
@@ -598,56 +663,78 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"stable-baselines3 {v['stable_baselines3']}, sb3-contrib {v['sb3_contrib']}, "
           f"gymnasium {v['gymnasium']}")
     print(f"load average (1, 5, 15 min) at start: {info['load_average_at_start']}")
-    print(f"{total:,} env steps per seed; seeds {seeds}; target: mean of the last {WINDOW} "
-          f"episodes >= {args.target:g}; npgjax chunks of {args.chunk_updates} update(s)")
+    print(f"{total:,} env steps per seed; seeds {seeds}; solved: mean of the last {WINDOW} "
+          f"episodes >= {args.target:g}; npgjax chunks of {args.chunk_updates} update(s); "
+          f"CPU modes {modes}" + (f" (pinned to CPU {cpu})" if "1core" in modes else ""))
     print_mapping()
     if not args.skip_sb3 and (v["sb3_contrib"] is None or v["torch"] is None):
         parser.error("sb3-contrib is not installed: .venv/bin/pip install torch==2.13.0 && "
                      ".venv/bin/pip install -e '.[sb3]' (or pass --skip-sb3)")
 
-    common = {"total_timesteps": total, "target": args.target}
-    runs: dict[int, dict[str, Any]] = {}
+    common = {"total_timesteps": total, "target": args.target, "cpu": cpu,
+              "sb3_time_limit": args.sb3_time_limit}
+    runs: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in modes}
+    vmaps: dict[str, dict[str, Any] | None] = {m: None for m in modes}
     cache_root = tempfile.mkdtemp(prefix="compare_sb3_cache_")
     t_start = time.perf_counter()
     try:
+        # Seeds outside, modes inside: the load of a shared machine drifts slowly, so the
+        # runs that are compared sit close together in time.
         for seed in seeds:
-            print(f"\nseed {seed}")
-            runs[seed] = {}
-            if not args.skip_sb3:
-                runs[seed]["sb3"] = run_worker("sb3", dict(common, seed=seed))
-                print_run("sb3-contrib TRPO", runs[seed]["sb3"])
-            cache = os.path.join(cache_root, f"seed{seed}")
-            os.makedirs(cache)
-            for label in ("cold", "warm"):
-                spec = dict(common, seed=seed, cache_dir=cache, cache_label=label,
-                            chunk_updates=args.chunk_updates)
-                runs[seed][label] = run_worker("npgjax", spec)
-                print_run(f"npgjax {label} cache", runs[seed][label])
-            sys.stdout.flush()
-        vmap = None
+            for mode in modes:
+                print(f"\nseed {seed}, {MODES[mode]}")
+                r = runs[mode][seed] = {}
+                mspec = dict(common, seed=seed, one_core=mode == "1core")
+                if not args.skip_sb3:
+                    r["sb3"] = run_worker("sb3", mspec)
+                    print_run("sb3-contrib TRPO", r["sb3"])
+                cache = os.path.join(cache_root, f"{mode}-seed{seed}")
+                os.makedirs(cache)
+                for label in ("cold", "warm"):
+                    spec = dict(mspec, cache_dir=cache, cache_label=label,
+                                chunk_updates=args.chunk_updates)
+                    r[label] = run_worker("npgjax", spec)
+                    print_run(f"npgjax {label} cache", r[label])
+                sys.stdout.flush()
         if n_vmap > 0:
-            cache = os.path.join(cache_root, "vmap")
-            os.makedirs(cache)
-            print(f"\nnpgjax, {n_vmap} seeds vmapped in one jit")
-            vmap = run_worker("npgjax-vmap", dict(common, seeds=list(range(n_vmap)),
-                                                  cache_dir=cache))
-            print(f"  done: {vmap['steps_per_s']:,.0f} env steps/s in total; cpu "
-                  f"{vmap['worker_cpu_s']:.1f} s / wall {vmap['worker_wall_s']:.1f} s; load "
-                  f"before {vmap['load_average_before']}")
+            for mode in modes:
+                cache = os.path.join(cache_root, f"{mode}-vmap")
+                os.makedirs(cache)
+                print(f"\nnpgjax, {n_vmap} seeds vmapped in one jit, {MODES[mode]}")
+                vm = vmaps[mode] = run_worker("npgjax-vmap", dict(
+                    common, seeds=list(range(n_vmap)), cache_dir=cache,
+                    one_core=mode == "1core"))
+                if "error" in vm:
+                    print(f"  FAILED: {vm['error'][:2000]}")
+                else:
+                    print(f"  compile {vm['compile_s']:.1f} s, run {vm['run_s']:.1f} s, "
+                          f"{vm['steps_per_s']:,.0f} env steps/s in total; cpu "
+                          f"{vm['worker_cpu_s']:.1f} s / wall {vm['worker_wall_s']:.1f} s; "
+                          f"load before {vm['load_average_before']}")
+                sys.stdout.flush()
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)
-    ratios = summarize(runs)
-    print_summary(runs, vmap, ratios)
+    ratios = {m: summarize(runs[m]) for m in modes}
+    for m in modes:
+        print_summary(m, runs[m], vmaps[m], ratios[m])
     print(f"load average at end: {load_average()}; benchmark wall time "
           f"{time.perf_counter() - t_start:.0f} s")
-    results = {"machine": info, "settings": {"sb3_zoo": SB3_ZOO, "npgjax_config": {
-        k: list(x) if isinstance(x, tuple) else x for k, x in NPGJAX_CONFIG.items()},
-        "total_timesteps": total, "target": args.target, "window": WINDOW,
-        "chunk_updates": args.chunk_updates}, "targets": {"cold_time": TARGET_COLD,
-        "warm_time": TARGET_WARM, "steps_per_s": TARGET_SPS},
-        "runs": {str(k): x for k, x in runs.items()}, "vmap": vmap,
-        "ratios": {"per_seed": {str(k): x for k, x in ratios["per_seed"].items()},
-                   "pooled": ratios["pooled"]}}
+    results = {
+        "machine": info,
+        "settings": {
+            "sb3_zoo": SB3_ZOO,
+            "npgjax_config": {k: list(x) if isinstance(x, tuple) else x
+                              for k, x in NPGJAX_CONFIG.items()},
+            "total_timesteps": total, "target": args.target, "window": WINDOW,
+            "chunk_updates": args.chunk_updates, "cpu_modes": modes, "pinned_cpu": cpu,
+        },
+        "targets": {"cold_time": TARGET_COLD, "warm_time": TARGET_WARM,
+                    "steps_per_s": TARGET_SPS},
+        "modes": {m: {"runs": {str(k): x for k, x in runs[m].items()}, "vmap": vmaps[m],
+                      "ratios": {"per_seed": {str(k): x for k, x in
+                                              ratios[m]["per_seed"].items()},
+                                 "pooled": ratios[m]["pooled"]}} for m in modes},
+    }
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
