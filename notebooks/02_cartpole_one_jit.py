@@ -30,7 +30,8 @@
 # 4. solves $(F + \lambda I)x = g$ by conjugate gradient with the analytic Fisher of
 #    the categorical policy, and steps
 #    $\theta \leftarrow \theta - \sqrt{2\epsilon / g^\top x}\; x$, so that the
-#    predicted KL $\tfrac12 d^\top F d$ of the step $d$ is exactly $\epsilon$ = `max_kl`;
+#    KL of the step under the damped quadratic model, $\tfrac12 d^\top (F + \lambda I) d$,
+#    is exactly $\epsilon$ = `max_kl`;
 # 5. fits the critic by a few epochs of Adam on the TD($\lambda$) targets.
 
 # %%
@@ -128,7 +129,7 @@ ax.fill_between(
     alpha=0.2,
     label="measured KL (min-max over seeds)",
 )
-ax.axhline(config.max_kl, color="k", ls="--", lw=1, label=r"max_kl $\epsilon$ = predicted KL")
+ax.axhline(config.max_kl, color="k", ls="--", lw=1, label=r"max_kl $\epsilon$")
 ax.set_xlabel("environment steps (per seed)")
 ax.set_ylabel(r"KL($\pi_{old}\,\|\,\pi_{new}$) per update")
 ax.set_title("KL of each natural step")
@@ -148,8 +149,8 @@ fig.savefig(FIG_DIR / "02_cartpole_learning_curves.png", dpi=110)
 plt.show()
 
 # %% [markdown]
-# The middle panel is worth a look. Every step is scaled so that its *predicted* KL
-# equals `max_kl`. The prediction uses the *damped* Fisher,
+# The middle panel is worth a look. Every step is scaled so that its KL under the
+# *damped* quadratic model equals `max_kl`,
 # $\tfrac12 d^\top (F + \lambda I) d = \epsilon$, so the quadratic model of the actual
 # KL is $\tfrac12 d^\top F d = \epsilon - \tfrac12 \lambda \|d\|^2$, below the bound; with
 # CartPole's default `damping=0.1` the *measured* KL of the step (computed exactly on

@@ -95,7 +95,7 @@ for algo, m in metrics.items():
 #
 # `metrics["kl"]` is the measured mean KL between the policy before and after the
 # update, on the rollout's states: for TRPO the KL of the accepted step, for NPG the KL
-# of the full natural step. `metrics["predicted_kl"]` is the bound $\epsilon$ of that
+# of the full natural step. `metrics["max_kl"]` is the bound $\epsilon$ of that
 # update for both (the Pendulum defaults let `max_kl` decay over training,
 # `max_kl_decay`), so each measured KL is compared with the bound of its own update.
 
@@ -107,7 +107,7 @@ steps = tr["env_steps"][0]
 def kl_ratio(m):
     """Measured KL / the update's bound, for the updates that took a step."""
     ok = m["predicted_kl"] > 0
-    return m["kl"][ok] / m["predicted_kl"][ok]
+    return m["kl"][ok] / m["max_kl"][ok]
 
 
 ratio_tr, ratio_npg = kl_ratio(tr), kl_ratio(npg)
@@ -157,7 +157,7 @@ for algo in ("npg", "trpo"):
             alpha=0.6,
             label=f"{algo}, measured KL" if i == 0 else None,
         )
-ax.plot(steps, tr["predicted_kl"][0], color="k", ls="--", lw=1.2, label="bound = predicted KL")
+ax.plot(steps, tr["max_kl"][0], color="k", ls="--", lw=1.2, label="bound (max_kl)")
 ax.set_yscale("log")
 ax.set_xlabel("environment steps (per seed)")
 ax.set_ylabel(r"KL($\pi_{old}\,\|\,\pi_{new}$)")
@@ -217,10 +217,9 @@ plt.show()
 # %% [markdown]
 # What to read in these plots:
 #
-# * The predicted KL of every update is its bound: that is how the step is scaled. The
-#   scale is computed with the *damped* Fisher $F + \lambda I$, so the undamped quadratic
-#   model predicts a little less, and the measured KL of most full steps is at or below
-#   the bound (the NPG histogram).
+# * The step is scaled so that its KL under the *damped* quadratic model is the bound.
+#   The undamped model (`metrics["predicted_kl"]`) predicts a little less, and the
+#   measured KL of most full steps is at or below the bound (the NPG histogram).
 # * The quadratic model is local. Without a line search nothing stops a step whose actual
 #   KL is well above the bound: some NPG steps overshoot, by several times in the worst
 #   cases. TRPO's accepted steps never exceed the bound: it shrinks them by $0.8^k$ until

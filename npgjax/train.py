@@ -66,7 +66,7 @@ _TARGET_CHUNKS = 20
 
 # Column order of metrics.csv after seed, update, env_steps; other metrics follow sorted.
 _METRIC_ORDER = (
-    "return", "episode_length", "episodes", "rollout_return", "kl", "predicted_kl",
+    "return", "episode_length", "episodes", "rollout_return", "kl", "max_kl", "predicted_kl",
     "entropy", "value_loss", "explained_variance", "cg_iterations", "cg_residual", "cosine",
     "ls_tries", "ls_accepted",
 )
@@ -463,8 +463,12 @@ def plot_diagnostics(path: Path, metrics: dict[str, np.ndarray], config: Any) ->
 
     for ax, (key, title, log) in zip(axes.flat, panels, strict=False):
         if key == "kl":
-            ax.axhline(config.max_kl, color="0.35", linestyle=":", linewidth=1.4,
-                       label=f"max_kl = {config.max_kl:g}", zorder=1)
+            if "max_kl" in metrics:  # the bound of each update (it may decay)
+                ax.plot(x, np.asarray(metrics["max_kl"], np.float64)[0], color="0.35",
+                        linestyle=":", linewidth=1.4, label="max_kl", zorder=1)
+            else:
+                ax.axhline(config.max_kl, color="0.35", linestyle=":", linewidth=1.4,
+                           label=f"max_kl = {config.max_kl:g}", zorder=1)
             band(ax, metrics["kl"], colors["main"], "measured", log)
             if present("predicted_kl"):
                 band(ax, metrics["predicted_kl"], colors["pred"], "predicted (quadratic)", log)

@@ -311,6 +311,7 @@ def make_trainer(config: Config) -> Trainer:
             hp["max_kl"] = hp["max_kl"] * (1.0 - (1.0 - config.max_kl_decay) * frac)
         params = state.pi_params
         diag = {
+            "max_kl": hp["max_kl"],
             "predicted_kl": jnp.nan,
             "cg_iterations": jnp.nan,
             "cg_residual": jnp.nan,
