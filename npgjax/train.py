@@ -250,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- helpers
+def _avoid_eigen_pool_hang() -> None:
+    """Single-threaded Eigen on CPU, unless XLA_FLAGS already chooses.
+
+    XLA's multi-threaded Eigen pool on CPU can wedge (hang forever) on vmapped training
+    graphs; at these model sizes the single-threaded setting costs little. It must be set
+    before JAX starts its backend.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+
+
 def _enable_compile_cache() -> str:
     import jax
 
@@ -519,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
+    _avoid_eigen_pool_hang()
 
     from npgjax.rl.configs import get_config
 
