@@ -17,7 +17,7 @@ so that the load of a shared machine hits both sides alike):
    last 20 episode returns (from the ``Monitor`` wrapper of ``make_vec_env``) and
    records the env steps and the seconds since process start when their mean first
    reaches 475; also the learn time and env steps/s of ``model.learn`` (torch threads
-   left at their default, recorded).
+   as the CPU mode below says, recorded).
 2. npgjax cold start: JAX's persistent compilation cache pointed at an EMPTY temporary
    directory; ``init`` and a jitted chunk of ``--chunk-updates`` updates (a
    ``lax.scan`` of :func:`npgjax.rl.make_trainer`'s ``update``) are compiled once, then
@@ -39,6 +39,9 @@ libraries can lose badly to other load (torch's two threads have been seen at 33
 env steps/s against 3,500 with one), so the ``1core`` figures are the fairer comparison
 there. An sb3 run that has not solved after ``--sb3-time-limit`` seconds of learning is
 stopped; its steps/s then covers the steps done and its time ratios are lower bounds.
+The thread count changes the order of floating-point sums, so the same seed can follow a
+different trajectory in the two modes (and in the vmapped run): the env steps at which a
+seed solves are comparable between runs only in distribution, not seed by seed.
 
 The ratios (sb3 time / npgjax time, npgjax steps/s / sb3 steps/s) are printed next to
 the targets of issue #3: time to solve at least 10x shorter from a cold start and 20x
@@ -51,9 +54,9 @@ Install the peer (an optional extra)::
     .venv/bin/pip install torch==2.13.0     # CPU wheel; a plain `torch` may pull CUDA (GBs)
     .venv/bin/pip install -e '.[sb3]'        # stable-baselines3, sb3-contrib, gymnasium<1.4
 
-Run ``.venv/bin/python benchmarks/compare_sb3.py`` (about 10 minutes on 2 CPU cores, up
-to 25 on a loaded machine), ``--quick`` for a smoke test (small budget, one seed, about
-2 minutes), ``--seeds 0 1 2`` for other seeds, ``--cpu-modes 1core`` for one mode,
+Run ``.venv/bin/python benchmarks/compare_sb3.py`` (about 5 minutes on 2 quiet CPU
+cores, up to 25 on a loaded machine), ``--quick`` for a smoke test (small budget, one
+seed, about 2 minutes), ``--seeds 0 1 2`` for other seeds, ``--cpu-modes 1core`` for one mode,
 ``--skip-sb3`` to run only npgjax, ``--json PATH`` to save the results. Other jobs on a
 shared machine slow either side; the load average is printed before each run, and each
 run's CPU time next to its wall time.
@@ -475,6 +478,10 @@ def _f(x: float | None, spec: str = ".1f", none: str = "n/a") -> str:
     return none if x is None else format(x, spec)
 
 
+def _x(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.1f}x"
+
+
 def _ok(r: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if r is None or "error" in r else r
 
@@ -593,11 +600,11 @@ def print_summary(mode: str, runs: dict[int, dict[str, Any]], vmap: dict[str, An
         ("  env steps/s, warm run (npgjax / sb3)", "warm_sps_ratio", TARGET_SPS),
     ):
         vals = [(">" if ratios["per_seed"][s].get(key + "_is_lower_bound") else "")
-                + _f(ratios["per_seed"][s][key], ".1f") + "x" for s in seeds]
+                + _x(ratios["per_seed"][s][key]) for s in seeds]
         pooled = ratios["pooled"][key]
         met = "n/a" if pooled is None else ("yes" if pooled >= target else "NO")
         print(f"{label:40}" + "".join(f"{v:>{w}}" for v in vals)
-              + f"{_f(pooled, '.1f') + 'x':>{w}}{'>= ' + format(target, 'g') + 'x':>{w}}  {met}")
+              + f"{_x(pooled):>{w}}{'>= ' + format(target, 'g') + 'x':>{w}}  {met}")
     print("  (pooled: mean sb3 time / mean npgjax time over the seeds both solved; steps/s: "
           "ratio of the means; '>': sb3 stopped at --sb3-time-limit unsolved)")
     vmap = _ok(vmap)
