@@ -12,6 +12,25 @@ from npgjax.rl import get_config, make_train, make_trainer
 from npgjax.rl.enac import enac_objective, segment_returns
 
 
+def _train_chunked(cfg, keys, chunk=4):
+    """Seeds vmapped, in jitted chunks of updates (as the CLI runs), metrics concatenated.
+
+    Long single executions are avoided: XLA's CPU runtime has been seen to hang, rarely,
+    in multi-second vmapped training calls (see the README's closing notes).
+    """
+    trainer = make_trainer(cfg)
+    assert cfg.num_updates % chunk == 0
+    step = jax.jit(jax.vmap(
+        lambda s: jax.lax.scan(lambda s, _: trainer.update(s), s, None, length=chunk)
+    ))
+    state = jax.jit(jax.vmap(trainer.init))(keys)
+    parts = []
+    for _ in range(cfg.num_updates // chunk):
+        state, m = step(state)
+        parts.append(jax.device_get(m))
+    return {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+
+
 def _small(env="CartPole-v1", algo="npg", **kw):
     base = dict(total_timesteps=12_288, num_envs=4, num_steps=64, vf_minibatch=0, vf_epochs=5)
     base.update(kw)
@@ -21,7 +40,7 @@ def _small(env="CartPole-v1", algo="npg", **kw):
 @pytest.mark.parametrize("algo", ["npg", "trpo"])
 def test_short_cartpole_run_improves_return(algo):
     cfg = _small(algo=algo)
-    _, m = jax.jit(jax.vmap(make_train(cfg)))(jax.random.split(jax.random.PRNGKey(0), 2))
+    m = _train_chunked(cfg, jax.random.split(jax.random.PRNGKey(0), 2))
     r = np.asarray(m["rollout_return"])
     early, late = np.nanmean(r[:, :5]), np.nanmean(r[:, -5:])
     assert late > early + 30, (early, late)
@@ -34,7 +53,7 @@ def test_short_cartpole_run_improves_return(algo):
 
 def test_continuous_pendulum_learns_on_a_tiny_budget():
     cfg = get_config("Pendulum-v1", "npg", total_timesteps=24_576)
-    _, m = jax.jit(jax.vmap(make_train(cfg)))(jax.random.split(jax.random.PRNGKey(1), 2))
+    m = _train_chunked(cfg, jax.random.split(jax.random.PRNGKey(1), 2))
     r = np.asarray(m["rollout_return"])
     assert np.nanmean(r[:, -4:]) > np.nanmean(r[:, :4]) + 100
 
