@@ -16,7 +16,7 @@ def _train_chunked(cfg, keys, chunk=4):
     """Seeds vmapped, in jitted chunks of updates (as the CLI runs), metrics concatenated.
 
     Long single executions are avoided: XLA's CPU runtime has been seen to hang, rarely,
-    in multi-second vmapped training calls (see the README's closing notes).
+    in multi-second vmapped training calls (README, "Known issues").
     """
     trainer = make_trainer(cfg)
     assert cfg.num_updates % chunk == 0
