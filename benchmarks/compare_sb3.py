@@ -80,6 +80,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model, load_average
+
 ROOT = Path(__file__).resolve().parents[1]
 
 ENV_ID = "CartPole-v1"
@@ -153,25 +156,6 @@ MAPPING = (
 
 
 # ---------------------------------------------------------------- helpers
-def load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages (other jobs on a shared machine skew timings)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def cpu_model() -> str:
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return model or platform.machine()
 
 
 def package_version(name: str) -> str | None:

@@ -54,6 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import npgjax
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model, load_average
+
 TARGET_CG_ITER = 1.1  # one CG iteration <= 1.1x a gradient
 TARGET_STEP = 12.0  # whole natural step <= 12x a gradient
 MAX_KL = 0.01
@@ -347,18 +350,6 @@ ROWS = (
 )
 
 
-def cpu_model() -> str:
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return model or platform.machine()
-
 
 def machine_info() -> dict[str, Any]:
     try:
@@ -378,13 +369,6 @@ def machine_info() -> dict[str, Any]:
         "load_average_at_start": load_average(),
     }
 
-
-def load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages (other jobs on a shared machine skew timings)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
 
 
 def print_case(case: Case, n_params: int, summary, checks, repeats: int, secs: float) -> None:
