@@ -1,9 +1,6 @@
 # Two entry points: `make demo` trains NPG on CartPole-v1, `make test` runs the tests.
 # Each one creates .venv on a fresh clone by itself.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-# XLA's multi-threaded Eigen pool on CPU can wedge (hang forever) on vmapped training
-# graphs; single-threaded Eigen avoids it at little cost at these sizes.
-export XLA_FLAGS ?= --xla_cpu_multi_thread_eigen=false
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev

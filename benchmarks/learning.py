@@ -18,9 +18,6 @@ import os
 import platform
 import time
 
-# XLA's multi-threaded Eigen pool on CPU can hang on vmapped training graphs.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
-
 import jax
 import numpy as np
 

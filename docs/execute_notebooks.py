@@ -81,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     # keep JAX on the CPU's cores quiet, and pass the quick flag through.
     os.environ.setdefault("PYTHONPATH", str(ROOT))
     os.environ.setdefault("MPLBACKEND", "Agg")
-    # XLA's multi-threaded Eigen pool on CPU can hang on vmapped training graphs.
-    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     quick = os.environ.get("NPGJAX_NOTEBOOK_QUICK", "0") not in ("", "0")
 
     with tempfile.TemporaryDirectory(prefix="npgjax-notebooks-") as tmp:

@@ -128,6 +128,22 @@ def conjugate_gradient(
     return x, SolveInfo(k, res, ok & (rr <= thresh2))
 
 
+@jax.custom_batching.sequential_vmap
+def _dense_solve(A: Array, b: Array) -> Array:
+    # Under vmap, one matrix at a time: jaxlib's batched LAPACK kernels on the CPU block
+    # an XLA pool thread while they wait, and two at once (here the Cholesky and the
+    # eigendecomposition of the fallback) can deadlock a small pool.
+    L = jnp.linalg.cholesky(A)
+
+    def chol(_):
+        return jax.scipy.linalg.cho_solve((L, True), b)
+
+    def pinv(_):
+        return jnp.linalg.pinv(A, hermitian=True) @ b
+
+    return jax.lax.cond(jnp.all(jnp.isfinite(L)), chol, pinv, None)
+
+
 def cholesky_solve(matvec: MatVec | Array, b: PyTree) -> tuple[PyTree, SolveInfo]:
     r"""Direct solve by a dense Cholesky factorisation, for small parameter counts.
 
@@ -161,15 +177,7 @@ def cholesky_solve(matvec: MatVec | Array, b: PyTree) -> tuple[PyTree, SolveInfo
                 f"cholesky_solve: matrix has shape {A.shape} but b has {flat_b.size} entries."
             )
     A = 0.5 * (A + A.T)
-    L = jnp.linalg.cholesky(A)
-
-    def chol(_):
-        return jax.scipy.linalg.cho_solve((L, True), flat_b)
-
-    def pinv(_):
-        return jnp.linalg.pinv(A, hermitian=True) @ flat_b
-
-    x = jax.lax.cond(jnp.all(jnp.isfinite(L)), chol, pinv, None)
+    x = _dense_solve(A, flat_b)
     res = jnp.linalg.norm(flat_b - A @ x)
     scale = jnp.maximum(jnp.linalg.norm(flat_b), jnp.finfo(flat_b.dtype).tiny)
     converged = res <= 1e-4 * scale if flat_b.dtype == jnp.float32 else res <= 1e-8 * scale

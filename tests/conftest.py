@@ -2,15 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-# XLA's multi-threaded Eigen pool on CPU can hang on vmapped training graphs; set before
-# the backend starts (see the Makefile).
-if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-    ).strip()
-
 import itertools
 
 import jax

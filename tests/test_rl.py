@@ -13,11 +13,7 @@ from npgjax.rl.enac import enac_objective, segment_returns
 
 
 def _train_chunked(cfg, keys, chunk=4):
-    """Seeds vmapped, in jitted chunks of updates (as the CLI runs), metrics concatenated.
-
-    Long single executions are avoided: XLA's CPU runtime has been seen to hang, rarely,
-    in multi-second vmapped training calls (README, "Known issues").
-    """
+    """Seeds vmapped, in jitted chunks of updates (as the CLI runs), metrics concatenated."""
     trainer = make_trainer(cfg)
     assert cfg.num_updates % chunk == 0
     step = jax.jit(jax.vmap(
@@ -170,3 +166,77 @@ def test_core_does_not_import_rl():
             continue
         text = path.read_text()
         assert "npgjax.rl" not in text.replace("npgjax.rl`", ""), path.name
+
+
+def test_gymnax_plotting_imports_are_deferred_and_still_work():
+    """seaborn/pyplot are not imported with the trainer, yet work when used."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from npgjax.rl import get_config, make_trainer
+make_trainer(get_config("CartPole-v1", num_envs=2, num_steps=8))
+assert "scipy" not in sys.modules and "pandas" not in sys.modules, "seaborn was imported"
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import seaborn as sns
+fig, ax = plt.subplots()
+ax.plot([0, 1], color=sns.color_palette()[0])
+from gymnax.environments.misc import pong
+assert pong.sns.color_palette() == sns.color_palette()
+assert matplotlib.pyplot.figure is plt.figure
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("shape", [(4, 64), (64, 64), (64, 2), (3, 5, 7)])
+def test_orthogonal_init_equals_jax_initializer(shape):
+    import flax.linen as nn
+
+    from npgjax.rl.networks import orthogonal
+
+    for seed in range(3):
+        k = jax.random.PRNGKey(seed)
+        ours = orthogonal(1.5)(k, shape)
+        ref = nn.initializers.orthogonal(1.5)(k, shape, jnp.float32)
+        np.testing.assert_array_equal(ours, ref)
+    keys = jax.random.split(jax.random.PRNGKey(3), 4)
+    batched = jax.jit(jax.vmap(lambda k: orthogonal(1.5)(k, shape)))(keys)
+    for k, w in zip(keys, batched, strict=True):
+        np.testing.assert_allclose(w, orthogonal(1.5)(k, shape), atol=1e-6)
+
+
+def test_vmapped_init_over_seeds_does_not_deadlock():
+    """Regression: flax's orthogonal init under vmap ran several batched LAPACK QRs at
+    once, which deadlocked XLA's CPU pool within ~10 calls on 2 cores. The check runs in
+    a subprocess with a watchdog, so a hang fails the test instead of blocking it."""
+    import subprocess
+    import sys
+
+    code = """
+import os, threading, time
+import jax
+from npgjax.rl import get_config, make_trainer
+trainer = make_trainer(get_config("Pendulum-v1", num_envs=2, num_steps=8))
+init = jax.jit(jax.vmap(trainer.init))
+last = [time.time()]
+def watchdog():
+    while True:
+        time.sleep(0.5)
+        if time.time() - last[0] > 20:
+            print("hang", flush=True)
+            os._exit(3)
+threading.Thread(target=watchdog, daemon=True).start()
+for i in range(150):
+    jax.block_until_ready(init(jax.random.split(jax.random.PRNGKey(i), 8)))
+    last[0] = time.time()
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.stdout, out.stderr)

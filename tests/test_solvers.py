@@ -109,3 +109,18 @@ def test_cg_property_exact_in_n_steps(n, seed):
 def test_cg_nan_operator_reports_nan_residual():
     x, info = npgjax.conjugate_gradient(lambda v: v * jnp.nan, jnp.ones(3))
     assert bool(jnp.isnan(info.residual_norm)) and not bool(info.converged)
+
+
+def test_cholesky_solve_under_vmap_matches_one_by_one():
+    """vmap runs the dense solve one matrix at a time (batched CPU LAPACK can deadlock)."""
+    key = jax.random.PRNGKey(0)
+    M = jax.random.normal(key, (6, 5, 5))
+    A = M @ jnp.swapaxes(M, 1, 2) + 0.1 * jnp.eye(5)
+    A = A.at[0].set(jnp.diag(jnp.array([1.0, 1.0, 0.0, 0.0, 0.0])))  # singular: pinv path
+    b = jax.random.normal(jax.random.PRNGKey(1), (6, 5))
+    xs, infos = jax.jit(jax.vmap(npgjax.cholesky_solve))(A, b)
+    for i in range(6):
+        x, info = npgjax.cholesky_solve(A[i], b[i])
+        np.testing.assert_allclose(xs[i], x, rtol=1e-4, atol=1e-5)
+        assert bool(infos.converged[i]) == bool(info.converged)
+    assert bool(infos.converged[1:].all()) and not bool(infos.converged[0])

@@ -95,7 +95,8 @@ def test_inject_hyperparams_schedule_and_no_recompilation():
     n_traces = len(traces)
     # The reported (undamped) KL is proportional to the scheduled bound, and below it.
     ratio = np.asarray(kls) / np.array([0.02, 0.015, 0.01, 0.005])
-    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+    # float32 CG (TF32 matmuls on GPUs) moves the ratio by ~2e-4; a wrong schedule by >25%.
+    np.testing.assert_allclose(ratio, ratio[0], rtol=2e-3)
     assert 0.5 < ratio[0] <= 1.0
     assert n_traces == len(traces) and step._cache_size() == 1
 

@@ -152,8 +152,9 @@ def get_config(env: str = "CartPole-v1", algo: str = "npg", **overrides: Any) ->
       >>> get_config("CartPole-v1", "trpo", total_timesteps=50_000).algo
       'trpo'
     """
-    import gymnax
+    from npgjax.rl._gymnax import import_gymnax
 
+    gymnax = import_gymnax()
     if env not in gymnax.registered_envs:
         raise ValueError(
             f"unknown environment {env!r}; gymnax knows: {', '.join(gymnax.registered_envs)}."

@@ -12,16 +12,15 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from gymnax.environments import spaces
 
 from npgjax.distributions import Categorical, DiagGaussian
 from npgjax.estimators import explained_variance, gae, normalize_advantages, surrogate_loss
 from npgjax.logprob import segment_log_probs
+from npgjax.rl._gymnax import import_gymnax
 from npgjax.rl.configs import Config
 from npgjax.rl.enac import enac_objective, segment_returns
 from npgjax.rl.networks import MLP
@@ -100,6 +99,8 @@ class _ActionSpec:
 
 
 def _action_spec(space: Any) -> _ActionSpec:
+    from gymnax.environments import spaces
+
     if isinstance(space, spaces.Discrete):
         return _ActionSpec(True, int(space.n))
     if isinstance(space, spaces.Box):
@@ -112,6 +113,22 @@ def _action_spec(space: Any) -> _ActionSpec:
     raise ValueError(
         f"unsupported action space {type(space).__name__}; npgjax trains Discrete and Box."
     )
+
+
+def _permutations(key: Array, num: int, n: int) -> Array:
+    """``num`` random permutations of ``range(n)``, shape ``[num, n]``, from one sort.
+
+    Each row sorts random bits with the index packed into the low bits of the same
+    uint32 (a single-operand sort, much cheaper on CPU than ``jax.random.permutation``'s
+    key-value sort). Ties in the random high bits are broken by index, a bias of order
+    ``n / 2**(32 - log2(n))`` per pair, negligible for minibatch shuffling.
+    """
+    bits = max(1, (n - 1).bit_length())
+    if bits > 24:  # too few random bits left: fall back to the exact method
+        return jax.vmap(lambda k: jax.random.permutation(k, n))(jax.random.split(key, num))
+    high = jax.random.bits(key, (num, n), jnp.uint32) >> bits << bits
+    packed = high | jnp.arange(n, dtype=jnp.uint32)
+    return (jnp.sort(packed, axis=-1) & jnp.uint32((1 << bits) - 1)).astype(jnp.int32)
 
 
 def make_trainer(config: Config) -> Trainer:
@@ -134,7 +151,7 @@ def make_trainer(config: Config) -> Trainer:
       16
     """
     config = config.validate()
-    env, env_params = gymnax.make(config.env)
+    env, env_params = import_gymnax().make(config.env)
     aspec = _action_spec(env.action_space(env_params))
     obs_shape = tuple(env.observation_space(env_params).shape)
     obs_dim = int(np.prod(obs_shape))
@@ -216,16 +233,15 @@ def make_trainer(config: Config) -> Trainer:
     def rollout(state: RunnerState, key: Array):
         stats, pi_params = state.obs_stats, state.pi_params
 
-        def step(carry, k):
+        def step(carry, keys):
             env_state, obs, ep_ret, ep_len = carry
-            k_act, k_env = jax.random.split(k)
             nobs = prep(stats, obs)
             dist = policy(pi_params, nobs)
-            action = dist.sample(k_act)
+            action = dist.sample(keys[0])
             logp = dist.log_prob(action)
             obs2, env_state, reward, term, trunc, info = jax.vmap(
                 env.step, in_axes=(0, 0, 0, None)
-            )(jax.random.split(k_env, E), env_state, to_env_action(action), env_params)
+            )(keys[1:], env_state, to_env_action(action), env_params)
             reward = reward.astype(jnp.float32)
             done = term | trunc
             ep_ret = ep_ret + reward
@@ -248,7 +264,8 @@ def make_trainer(config: Config) -> Trainer:
             return (env_state, obs2, ep_ret, ep_len), tr
 
         carry = (state.env_state, state.obs, state.ep_return, state.ep_length)
-        carry, traj = jax.lax.scan(step, carry, jax.random.split(key, T))
+        # All keys up front: one split instead of two per step.
+        carry, traj = jax.lax.scan(step, carry, jax.random.split(key, (T, E + 1)))
         return carry, traj
 
     def record_episodes(state: RunnerState, traj: dict[str, Array]):
@@ -274,9 +291,8 @@ def make_trainer(config: Config) -> Trainer:
         def loss(p, o, t):
             return jnp.mean((value(p, o) - t) ** 2)
 
-        def epoch(carry, k):
+        def epoch(carry, perm):
             p, s = carry
-            perm = jax.random.permutation(k, B)
             o = obs[perm].reshape(n_mb, mb, obs_dim)
             t = targets[perm].reshape(n_mb, mb)
 
@@ -290,7 +306,7 @@ def make_trainer(config: Config) -> Trainer:
             return (p, s), None
 
         (vf_params, vf_opt_state), _ = jax.lax.scan(
-            epoch, (vf_params, vf_opt_state), jax.random.split(key, config.vf_epochs)
+            epoch, (vf_params, vf_opt_state), _permutations(key, config.vf_epochs, B)
         )
         return vf_params, vf_opt_state
 
