@@ -57,7 +57,10 @@ Install the peer (an optional extra)::
 Run ``.venv/bin/python benchmarks/compare_sb3.py`` (about 5 minutes on 2 quiet CPU
 cores, up to 25 on a loaded machine), ``--quick`` for a smoke test (small budget, one
 seed, about 2 minutes), ``--seeds 0 1 2`` for other seeds, ``--cpu-modes 1core`` for one mode,
-``--skip-sb3`` to run only npgjax, ``--json PATH`` to save the results. Other jobs on a
+``--skip-sb3`` to run only npgjax, ``--json PATH`` to save the results, ``--levers`` to
+give npgjax (only) the issue's speed levers on top of the zoo settings: the Fisher on a
+10% subsample and 5 critic passes at a 10x learning rate (``LEVERS``; their cost in
+learning is measured by ``benchmarks/levers.py``). Other jobs on a
 shared machine slow either side; the load average is printed before each run, and each
 run's CPU time next to its wall time.
 """
@@ -130,6 +133,11 @@ NPGJAX_CONFIG: dict[str, Any] = {
     "normalize_adv": True,
     "return_window": WINDOW,
 }
+
+# The levers of issue #3 (``--levers``): the Fisher on a 10% subsample (as the original
+# TRPO did) and 5 critic passes instead of 20, at a 10x critic learning rate so that
+# the critic still fits (5 passes at 1e-3 underfit and stall learning).
+LEVERS: dict[str, Any] = {"fisher_fraction": 0.1, "vf_epochs": 5, "vf_lr": 1e-2}
 
 # (sb3-contrib / zoo setting, npgjax Config field, note)
 MAPPING = (
@@ -291,7 +299,7 @@ def _npgjax_setup(spec: dict[str, Any]) -> tuple[Any, Any, float]:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     from npgjax.rl import get_config
 
-    cfg = dict(NPGJAX_CONFIG)
+    cfg = dict(NPGJAX_CONFIG, **spec.get("overrides", {}))
     cfg["hidden"] = tuple(cfg["hidden"])
     config = get_config(ENV_ID, "trpo", total_timesteps=spec["total_timesteps"], **cfg)
     return jax, config, time.time() - spec["t0"]
@@ -621,6 +629,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "steps/s then covers the steps done; default: %(default)s)")
     parser.add_argument("--target", type=float, default=TARGET_RETURN,
                         help="mean return of the last 20 episodes that counts as solved")
+    parser.add_argument("--levers", action="store_true",
+                        help=f"npgjax with the issue's speed levers on top of the zoo "
+                        f"settings: {LEVERS}")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -652,7 +663,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      ".venv/bin/pip install -e '.[sb3]' (or pass --skip-sb3)")
 
     common = {"total_timesteps": total, "target": args.target, "cpu": cpu,
-              "sb3_time_limit": args.sb3_time_limit}
+              "sb3_time_limit": args.sb3_time_limit,
+              "overrides": LEVERS if args.levers else {}}
+    if args.levers:
+        print(f"npgjax levers on (sb3-contrib keeps the zoo settings): {LEVERS}")
     runs: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in modes}
     vmaps: dict[str, dict[str, Any] | None] = {m: None for m in modes}
     cache_root = tempfile.mkdtemp(prefix="compare_sb3_cache_")

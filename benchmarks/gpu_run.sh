@@ -2,7 +2,8 @@
 # The tests and benchmarks on a GPU machine whose python3 already has jax with CUDA,
 # flax, optax, chex, pytest and hypothesis (how the figures of benchmarks/README.md's GPU
 # section were made). Missing pure-Python packages (gymnax, gymnasium, ...) may be
-# given as wheels in .whl/. Logs and JSON go to $OUT (default runs/gpu).
+# given as wheels in .whl/. Logs and JSON go to $OUT (default runs/gpu). STEPS picks
+# what runs, in order (default: throughput fvp pytest; also: learning).
 set -u
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -15,7 +16,17 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc;
   python3 -c "import jax, flax, optax, gymnax; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__)"; } 2>&1 | tee "$OUT/machine.txt"
-timeout "${THROUGHPUT_S:-170}" python3 benchmarks/throughput.py --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log"
-timeout "${FVP_S:-120}" python3 benchmarks/fvp_cost.py --json "$OUT/fvp_cost.json" 2>&1 | tee "$OUT/fvp_cost.log"
-timeout "${PYTEST_S:-240}" python3 -m pytest -q -n 6 -p no:cacheprovider --timeout 200 \
-  --doctest-modules npgjax tests 2>&1 | tee "$OUT/pytest.log"
+STEPS=${STEPS:-throughput fvp pytest}
+for step in $STEPS; do
+  case $step in
+    throughput) timeout "${THROUGHPUT_S:-170}" python3 benchmarks/throughput.py \
+                  --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log" ;;
+    fvp) timeout "${FVP_S:-120}" python3 benchmarks/fvp_cost.py --json "$OUT/fvp_cost.json" \
+           2>&1 | tee "$OUT/fvp_cost.log" ;;
+    learning) timeout "${LEARNING_S:-200}" python3 benchmarks/learning.py \
+                --json "$OUT/learning.json" 2>&1 | tee "$OUT/learning.log" ;;
+    pytest) timeout "${PYTEST_S:-240}" python3 -m pytest -q -n 6 -p no:cacheprovider \
+              --timeout 200 --doctest-modules npgjax tests 2>&1 | tee "$OUT/pytest.log" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
