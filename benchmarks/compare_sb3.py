@@ -20,13 +20,15 @@ so that the load of a shared machine hits both sides alike):
    as the CPU mode below says, recorded).
 2. npgjax cold start: JAX's persistent compilation cache pointed at an EMPTY temporary
    directory; ``init`` and a jitted chunk of ``--chunk-updates`` updates (a
-   ``lax.scan`` of :func:`npgjax.rl.make_trainer`'s ``update``) are compiled once, then
+   ``lax.scan`` of :func:`npgjax.rl.make_trainer`'s ``update``) are compiled once, as
+   the command line compiles them (:func:`npgjax.train.compile_training`), then
    the chunk is called until the 100k steps are done. Time to solve = seconds from
    process start to the end of the chunk in which the 20-episode mean return (the
    ``return`` metric) first reached 475, compilation included. Env steps/s = steady
    state, the chunks after the first one (compilation excluded).
 3. npgjax warm start: the same, in a new process reusing the now-populated cache
-   directory (``python -m npgjax.train`` turns that cache on by default).
+   directory (``python -m npgjax.train`` turns that cache on by default): XLA's
+   executables and the exported (traced and lowered) chunk are read from it.
 4. npgjax, 8 seeds vmapped in one jit (``jax.jit(jax.vmap(make_train(config)))``, keys
    ``PRNGKey(0..7)``): compile time, the time for all 8 seeds to train 100k steps each,
    total env steps/s, and how many seeds reach 475 (and at which env step).
@@ -321,7 +323,8 @@ def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
     # One seed, batched as the command line batches seeds, and compiled as it compiles.
     keys = jax.random.PRNGKey(spec["seed"])[None]
     t_c0 = time.time()
-    init_c, chunk_c, trace_s, xla_s, _ = compile_training(trainer, keys, K)
+    init_c, chunk_c, trace_s, xla_s, _ = compile_training(trainer, keys, K,
+                                                          spec.get("cache_dir"))
     t_c2 = time.time()
     state = init_c(keys)
     returns: list[float] = []
@@ -347,6 +350,7 @@ def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
         "import_s": t_imported,
         "compile_s": t_c2 - t_c0,  # tracing, lowering and XLA (or the cache) together
         "trace_lower_s": trace_s,
+        "export": getattr(chunk_c, "export", None),
         "xla_compile_s": xla_s,
         "ready_s": t_c2 - t0,  # process start to compiled (imports, tracing, compiling)
         "chunk_updates": K,

@@ -44,6 +44,8 @@ import ast
 import concurrent.futures
 import contextlib
 import dataclasses
+import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -268,26 +270,82 @@ def _enable_compile_cache() -> str:
 
 
 _INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+_EXPORT_SUBDIR = "npgjax-export"
+
+
+def _export_path(export_dir: str, config: Any, keys: Any, chunk: int) -> Path:
+    """Where the exported chunk for this config, device, code and versions lives."""
+    import jax
+
+    versions = []
+    for name in ("jax", "jaxlib", "flax", "optax", "chex", "gymnax"):
+        try:
+            versions.append(importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(None)
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):  # any change to npgjax's code invalidates it
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    device = jax.devices()[0]
+    h.update(repr((config, tuple(keys.shape), str(keys.dtype), chunk, versions,
+                   device.platform, device.device_kind)).encode())
+    return Path(export_dir) / _EXPORT_SUBDIR / f"{h.hexdigest()[:40]}.jaxexport"
+
+
+def _exported_chunk(flat_chunk: Any, leaves: list[Any], path: Path | None) -> tuple[Any, str]:
+    """``jax.export`` of the chunk: read from ``path``, else traced (and saved there)."""
+    import jax
+    from jax import export
+
+    if path is not None and path.exists():
+        try:
+            return export.deserialize(bytearray(path.read_bytes())), "loaded"
+        except Exception:  # corrupt or unreadable (e.g. flatbuffers missing): re-export
+            pass
+    try:
+        exp = export.export(jax.jit(flat_chunk))(*leaves)
+    except Exception:  # something jax.export does not support: plain jit
+        return None, "off"
+    if path is None:
+        return exp, "traced"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(exp.serialize())
+        os.replace(tmp, path)
+        return exp, "saved"
+    except (ImportError, OSError):
+        return exp, "traced"
 
 
 def compile_training(
-    trainer: Any, keys: Any, chunk: int
+    trainer: Any, keys: Any, chunk: int, export_dir: str | None = None
 ) -> tuple[Any, Any, float, float, bool]:
     """Compile ``vmap(trainer.init)`` and a ``chunk``-update ``lax.scan``, ahead of time.
 
-    This is how the command line compiles: both are lowered first, then XLA compiles them
-    side by side, ``init`` without LLVM optimisation (it runs once). Results are memoised
-    in this process per ``(config, number of seeds, chunk)``.
+    This is how the command line compiles. The chunk goes through ``jax.export``; with
+    ``export_dir`` the exported program is saved there and read back by later processes
+    with the same config, seed count, chunk, device, package versions and npgjax source,
+    which then skip tracing and lowering it (about 1 s of a warm start). Both programs
+    are then compiled by XLA side by side, ``init`` without LLVM optimisation (it runs
+    once). Results are memoised in this process per ``(config, seeds, chunk)``.
 
     Args:
       trainer: from :func:`npgjax.rl.make_trainer`.
       keys: PRNG keys ``[seeds, 2]``; the executables take keys (init) and states (chunk)
         batched over seeds.
       chunk: updates per call of the chunk.
+      export_dir: directory for exported chunks (the CLI uses its compilation-cache
+        directory), or None to keep them in memory only.
 
     Returns:
-      ``(init, run_chunk, tracing seconds, XLA seconds, memoised)``; the XLA seconds
-      include reading JAX's persistent compilation cache when it is on.
+      ``(init, run_chunk, tracing seconds, XLA seconds, memoised)``: ``init(keys) ->
+      state`` and ``run_chunk(state) -> (state, metrics)``. The XLA seconds include
+      reading JAX's persistent compilation cache when it is on; ``run_chunk.export`` says
+      whether the exported chunk was ``"loaded"``, ``"saved"``, ``"traced"`` (not saved)
+      or ``"off"`` (jax.export failed; plain jit).
     """
     import jax
 
@@ -300,19 +358,33 @@ def compile_training(
     def scan_chunk(state: Any) -> Any:
         return jax.lax.scan(lambda s, _: trainer.update(s), state, None, length=chunk)
 
-    init_fn = jax.jit(jax.vmap(trainer.init))
-    run_chunk = jax.jit(jax.vmap(scan_chunk))
     t0 = time.perf_counter()
-    init_lowered = init_fn.lower(keys)
-    chunk_lowered = run_chunk.lower(init_lowered.out_info)
+    init_lowered = jax.jit(jax.vmap(trainer.init)).lower(keys)
+    leaves, treedef = jax.tree.flatten(init_lowered.out_info)
+
+    def flat_chunk(*flat: Any) -> Any:
+        state, metrics = jax.vmap(scan_chunk)(jax.tree.unflatten(treedef, flat))
+        return tuple(jax.tree.leaves(state)), metrics
+
+    path = None if export_dir is None else _export_path(export_dir, config, keys, chunk)
+    exported, how = _exported_chunk(flat_chunk, leaves, path)
+    chunk_lowered = jax.jit(exported.call if exported is not None else flat_chunk).lower(
+        *leaves
+    )
     t1 = time.perf_counter()
     # XLA compiles the two side by side (it releases the GIL); init runs once, so it is
     # compiled without LLVM optimisation, which halves its compile time.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         init_future = pool.submit(init_lowered.compile, _INIT_COMPILER_OPTIONS)
-        chunk_c = chunk_lowered.compile()
+        flat_c = chunk_lowered.compile()
         init_c = init_future.result()
     t2 = time.perf_counter()
+
+    def chunk_c(state: Any) -> Any:
+        flat, metrics = flat_c(*jax.tree.leaves(state))
+        return jax.tree.unflatten(treedef, flat), metrics
+
+    chunk_c.export = how  # type: ignore[attr-defined]
     while len(_COMPILED) >= _COMPILED_MAX:
         _COMPILED.pop(next(iter(_COMPILED)))
     _COMPILED[memo_key] = (init_c, chunk_c, t1 - t0, t2 - t1)
@@ -613,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = jax.random.split(jax.random.PRNGKey(args.seed), S)
     chunk_c, t_trace, t_xla, memo = None, 0.0, 0.0, False
     if chunks_done < n_chunks:  # nothing to compile when resuming a finished run
-        init_c, chunk_c, t_trace, t_xla, memo = compile_training(trainer, keys, K)
+        init_c, chunk_c, t_trace, t_xla, memo = compile_training(trainer, keys, K, cache_dir)
     compile_time = t_trace + t_xla
     # A resumed state goes through the same compiled chunk as a fresh one: the PRNG key
     # lives in the state, so the continuation is bit-identical to an uninterrupted run.
@@ -629,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     if chunk_c is not None:
         print(f"  compile: {compile_time:.1f} s (tracing {t_trace:.1f} s + XLA {t_xla:.1f} s)"
               + (" [reused in this process]" if memo else "")
+              + (" [exported chunk read from the cache]"
+                 if getattr(chunk_c, "export", "") == "loaded" else "")
               + (f"; cache {cache_dir}" if cache_dir else "")
               + f"; device {device.platform} ({device.device_kind})")
     if ckpt is not None:
@@ -677,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     session = {"compile_time_s": compile_time, "train_time_s": 0.0, "wall_time_s": 0.0,
-               "updates": 0}
+               "updates": 0, "export": getattr(chunk_c, "export", None)}
     sessions.append(session)
     train_before = sum(s["train_time_s"] for s in sessions)
     stopped = interrupted = False

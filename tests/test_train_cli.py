@@ -120,3 +120,41 @@ def test_parse_set_and_chunks():
     assert choose_chunk_updates(98, 10) == 7  # largest divisor <= 10
     assert choose_chunk_updates(8, 100) == 8
     assert choose_chunk_updates(97, 10) == 1
+
+
+def test_warm_start_reads_the_exported_chunk(tmp_path):
+    """A second process with the same cache skips tracing the chunk, with equal results."""
+    import os
+    import subprocess
+    import sys
+
+    args = [a for a in TINY if a != "--no-compile-cache"] + ["--no-plot"]
+    env = dict(os.environ, NPGJAX_CACHE_DIR=str(tmp_path / "cache"))
+    summaries = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, "-m", "npgjax.train", *args, "--out", str(out)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        summaries.append(json.loads((out / "summary.json").read_text()))
+        with open(out / "metrics.csv", newline="") as f:
+            summaries[-1]["rows"] = list(csv.DictReader(f))
+    assert [s["sessions"][0]["export"] for s in summaries] == ["saved", "loaded"]
+    assert list((tmp_path / "cache" / "npgjax-export").glob("*.jaxexport"))
+    assert summaries[0]["rows"] == summaries[1]["rows"]
+
+
+def test_corrupt_exported_chunk_is_replaced(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from npgjax.train import _exported_chunk
+
+    path = tmp_path / "x.jaxexport"
+    path.write_bytes(b"not an export")
+    leaves = [jax.ShapeDtypeStruct((3,), jnp.float32)]
+    exp, how = _exported_chunk(lambda x: (x * 2,), leaves, path)
+    assert how == "saved" and path.read_bytes() != b"not an export"
+    exp2, how2 = _exported_chunk(lambda x: (x * 2,), leaves, path)
+    assert how2 == "loaded"
+    assert float(exp2.call(jnp.ones(3))[0][1]) == 2.0
