@@ -34,7 +34,10 @@ literals: ``--set max_kl=0.02 --set "hidden=(32, 32)" --set normalize_obs=False`
 number of updates, so one compiled chunk serves the whole run); ``--target R`` sets the
 return whose first crossing is timed (defaults: CartPole-v1 475, Acrobot-v1 -100,
 Pendulum-v1 -250). JAX's persistent compilation cache is used unless
-``--no-compile-cache`` (directory ``$NPGJAX_CACHE_DIR``, default ``~/.cache/npgjax/jax``).
+``--no-compile-cache`` (directory ``$NPGJAX_CACHE_DIR``, default ``~/.cache/npgjax/jax``);
+the traced and lowered training chunk is kept there too (``jax.export``), so a warm start
+skips tracing as well as compiling. Either is rebuilt when the config, the seed count,
+the chunk size, the device, a package version or npgjax's source changes.
 """
 
 from __future__ import annotations
@@ -246,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-plot", action="store_true", help="do not write the figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-compile-cache", action="store_true",
-                        help="do not use JAX's persistent compilation cache")
+                        help="do not use JAX's persistent compilation cache (nor save the "
+                        "exported training chunk)")
     parser.add_argument("--stop-after-chunks", type=_positive_int, default=None,
                         help=argparse.SUPPRESS)
     return parser
