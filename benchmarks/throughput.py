@@ -83,7 +83,7 @@ def build(env: str, algo: str, overrides: dict[str, Any], n_seeds: int, chunk: i
     state, m = fn(state)  # warmup
     jax.block_until_ready(m)
     steps = chunk * config.batch_size * max(n_seeds, 1)
-    return fn, state, steps, compile_s, chunk
+    return fn, state, steps, compile_s
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
           f"load average {load_average()}", flush=True)
     rows = []
     for label, env, algo, over, n in settings(args.seeds):
-        fn, state, steps, compile_s, _ = build(env, algo, over, n, chunk)
+        fn, state, steps, compile_s = build(env, algo, over, n, chunk)
         rows.append({"label": label, "fn": fn, "state": state, "steps": steps,
                      "compile_s": compile_s, "times": [], "updates": chunk * max(n, 1)})
         print(f"  compiled {label}: {compile_s:.1f} s", flush=True)

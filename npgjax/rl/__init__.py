@@ -4,7 +4,7 @@ It sits above the core and the core never imports it.
 """
 
 from npgjax.rl.configs import ALGOS, ENV_DEFAULTS, Config, get_config
-from npgjax.rl.networks import MLP
+from npgjax.rl.networks import MLP, orthogonal
 from npgjax.rl.trainer import HPARAMS, RunnerState, Trainer, make_train, make_trainer
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "get_config",
     "make_train",
     "make_trainer",
+    "orthogonal",
 ]

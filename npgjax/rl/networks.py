@@ -39,7 +39,7 @@ def orthogonal(scale: float = 1.0) -> Callable[..., jax.Array]:
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from npgjax.rl.networks import orthogonal
+      >>> from npgjax.rl import orthogonal
       >>> w = orthogonal()(jax.random.PRNGKey(0), (3, 3))
       >>> bool(jnp.allclose(w @ w.T, jnp.eye(3), atol=1e-5))
       True
