@@ -5,6 +5,7 @@ step rule -> optax transform -> RL loop (:mod:`npgjax.rl`, imported on demand).
 """
 
 from npgjax._tree import materialize, tree_vdot
+from npgjax._version import __version__ as __version__
 from npgjax.distributions import Categorical, DiagGaussian, distribution_fisher_vector_product
 from npgjax.estimators import (
     discounted_returns,
@@ -36,8 +37,6 @@ from npgjax.transforms import (
     trpo,
     trust_region_line_search,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Categorical",
