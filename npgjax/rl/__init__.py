@@ -1,22 +1,62 @@
 """The RL layer: jitted gymnax training with NPG, TRPO, VPG and eNAC.
 
-It sits above the core and the core never imports it.
+It sits above the core and the core never imports it. It needs the ``rl`` extra
+(gymnax and flax): ``pip install 'npgjax[rl]'``.
 """
 
-from npgjax.rl.configs import ALGOS, ENV_DEFAULTS, Config, get_config
-from npgjax.rl.networks import MLP, orthogonal
-from npgjax.rl.trainer import HPARAMS, RunnerState, Trainer, make_train, make_trainer
+import importlib.util as _util
+
+_missing = [m for m in ("gymnax", "flax") if _util.find_spec(m) is None]
+if _missing:
+    raise ImportError(
+        f"npgjax.rl needs {' and '.join(_missing)}, which the core install leaves out: "
+        "pip install 'npgjax[rl]'"
+    )
+
+from npgjax.rl.algos import (  # noqa: E402
+    ALGORITHMS,
+    Algorithm,
+    ENACOptions,
+    NPGOptions,
+    TRPOOptions,
+    VPGOptions,
+    register_algorithm,
+)
+from npgjax.rl.configs import ALGOS, ENV_DEFAULTS, Config, get_config  # noqa: E402
+from npgjax.rl.envs import SOLVED_RETURNS, EnvSpec, default_target, make_env  # noqa: E402
+from npgjax.rl.networks import CNN, MLP, TorsoHead, make_networks, orthogonal  # noqa: E402
+from npgjax.rl.trainer import (  # noqa: E402
+    RunnerState,
+    Trainer,
+    make_train,
+    make_trainer,
+    run_updates,
+)
 
 __all__ = [
+    "ALGORITHMS",
     "ALGOS",
+    "CNN",
     "ENV_DEFAULTS",
-    "HPARAMS",
     "MLP",
+    "SOLVED_RETURNS",
+    "Algorithm",
     "Config",
+    "ENACOptions",
+    "EnvSpec",
+    "NPGOptions",
     "RunnerState",
+    "TRPOOptions",
     "Trainer",
+    "TorsoHead",
+    "VPGOptions",
+    "default_target",
     "get_config",
+    "make_env",
+    "make_networks",
     "make_train",
     "make_trainer",
     "orthogonal",
+    "register_algorithm",
+    "run_updates",
 ]

@@ -1,82 +1,113 @@
-"""Training configuration and per-environment defaults, in one readable place."""
+"""Training configuration and per-environment defaults, in one readable place.
+
+A :class:`Config` holds the options every algorithm shares and, in ``options``, the
+chosen algorithm's own (see :mod:`npgjax.rl.algos`). Fields marked ``traced`` (in
+either) are the traced hyperparameters: ``train(key, hparams)`` vmaps over them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+from npgjax.rl.algos import ALGORITHMS, traced_fields
+from npgjax.rl.algos.base import TRACED
+from npgjax.rl.envs import env_name
+
 __all__ = ["ALGOS", "ENV_DEFAULTS", "Config", "get_config"]
 
-#: The algorithms ``make_train`` knows.
-ALGOS = ("npg", "trpo", "vpg", "enac")
+#: The algorithms ``make_train`` knows (names in :data:`npgjax.rl.algos.ALGORITHMS`).
+ALGOS = tuple(ALGORITHMS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Everything ``make_train`` needs. Hashable, so it can be a static argument.
 
+    The algorithm's own options are in ``options`` (e.g. :class:`npgjax.rl.algos.NPGOptions`)
+    and read through the config too: ``config.max_kl`` is ``config.options.max_kl``, and an
+    AttributeError for an algorithm without it. Build configs with :func:`get_config`,
+    change them with :meth:`replace`.
+
     Attributes:
-      env: gymnax environment id.
-      algo: ``"npg"`` (KL-normalised natural step), ``"trpo"`` (plus line search),
-        ``"vpg"`` (vanilla policy gradient with adam) or ``"enac"`` (episodic natural
-        actor-critic).
+      env: gymnax environment id, or a gymnax ``Environment`` object.
+      algo: a name in :data:`npgjax.rl.algos.ALGORITHMS`: ``"npg"``, ``"trpo"``,
+        ``"vpg"`` or ``"enac"``.
+      env_kwargs: constructor arguments of a registry id, as ``(key, value)`` pairs.
+      env_params: the env's ``EnvParams``, or ``(field, value)`` pairs replacing fields
+        of its defaults; None for the defaults.
       total_timesteps: environment steps per seed.
       num_envs: parallel environments (vmapped).
       num_steps: rollout length per environment and update.
-      gamma: discount.
-      gae_lambda: GAE lambda.
-      max_kl: KL bound of each policy step.
-      max_kl_decay: the bound decays linearly to ``max_kl * max_kl_decay`` over training
-        (1.0 keeps it constant).
-      damping: Fisher damping.
-      cg_iters: conjugate-gradient iterations.
-      fisher: ``"analytic"`` (KL Hessian, exact expectation over actions) or
-        ``"empirical"`` (score outer products).
-      fisher_fraction: fraction of the batch used for the Fisher (TRPO used 0.1).
-      ls_shrink: line-search backtracking factor (trpo).
-      ls_max_tries: line-search tries (trpo).
-      pi_lr: policy learning rate (vpg only).
-      vf_lr: critic learning rate (adam).
+      gamma: discount (traced).
+      gae_lambda: GAE lambda (traced).
+      vf_lr: critic learning rate, adam (traced).
       vf_epochs: passes over the rollout per update for the critic.
       vf_minibatch: critic minibatch size (0 = whole rollout).
+      network: ``"auto"`` (``"cnn"`` for image observations, else ``"mlp"``), ``"mlp"``
+        or ``"cnn"``.
       hidden: hidden widths of both networks.
-      activation: hidden activation.
+      activation: hidden activation of the MLP.
       normalize_obs: running observation normalisation.
       normalize_adv: normalise advantages per batch.
       init_log_std: initial log std (continuous actions).
-      return_window: episodes in the running mean return (the "last 20 episodes").
+      return_window: training episodes in the running mean ``train_return``.
+      eval_every: evaluate the deterministic policy every this many updates (and after
+        the last); 0 turns evaluation off.
+      eval_episodes: episodes per evaluation (on fresh environments).
+      options: the algorithm's options (filled in from ``algo`` when None).
 
     Examples:
-      >>> from npgjax.rl import Config
-      >>> Config(num_envs=4, num_steps=256).batch_size
-      1024
+      >>> from npgjax.rl import get_config
+      >>> cfg = get_config("CartPole-v1", "trpo", num_envs=4, num_steps=256)
+      >>> cfg.batch_size, cfg.ls_shrink, cfg.traced
+      (1024, 0.8, ('gamma', 'gae_lambda', 'vf_lr', 'max_kl', 'damping'))
     """
 
-    env: str = "CartPole-v1"
+    env: Any = "CartPole-v1"
     algo: str = "npg"
+    env_kwargs: tuple[tuple[str, Any], ...] = ()
+    env_params: Any = None
     total_timesteps: int = 100_000
     num_envs: int = 8
     num_steps: int = 128
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    max_kl: float = 0.01
-    max_kl_decay: float = 1.0
-    damping: float = 0.1
-    cg_iters: int = 10
-    fisher: str = "analytic"
-    fisher_fraction: float = 1.0
-    ls_shrink: float = 0.8
-    ls_max_tries: int = 10
-    pi_lr: float = 3e-3
-    vf_lr: float = 1e-3
+    gamma: float = dataclasses.field(default=0.99, metadata=TRACED)
+    gae_lambda: float = dataclasses.field(default=0.95, metadata=TRACED)
+    vf_lr: float = dataclasses.field(default=1e-3, metadata=TRACED)
     vf_epochs: int = 10
     vf_minibatch: int = 0
+    network: str = "auto"
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     normalize_obs: bool = True
     normalize_adv: bool = True
     init_log_std: float = 0.0
     return_window: int = 20
+    eval_every: int = 10
+    eval_episodes: int = 10
+    options: Any = None
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"unknown algo {self.algo!r}; choose one of {tuple(ALGORITHMS)}.")
+        if self.options is None:
+            object.__setattr__(self, "options", ALGORITHMS[self.algo].options())
+        elif not isinstance(self.options, ALGORITHMS[self.algo].options):
+            raise TypeError(f"options for {self.algo!r} must be "
+                            f"{ALGORITHMS[self.algo].options.__name__}, got "
+                            f"{type(self.options).__name__}.")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: forward to the algorithm's options.
+        options = self.__dict__.get("options")
+        if options is not None and not name.startswith("__") and hasattr(options, name):
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__} for algo {self.__dict__.get('algo')!r} "
+                             f"has no option {name!r}.")
+
+    @property
+    def env_name(self) -> str:
+        return env_name(self.env)
 
     @property
     def batch_size(self) -> int:
@@ -86,38 +117,82 @@ class Config:
     def num_updates(self) -> int:
         return max(1, -(-self.total_timesteps // self.batch_size))
 
+    @property
+    def traced(self) -> tuple[str, ...]:
+        """Names of the traced hyperparameters (common ones, then the algorithm's)."""
+        return traced_fields(self) + traced_fields(self.options)
+
+    def hparams(self) -> dict[str, Any]:
+        """The traced hyperparameters' values."""
+        return {k: getattr(self, k) for k in self.traced}
+
+    def option_names(self) -> tuple[str, ...]:
+        """Every option name this config takes: the common fields, then the algorithm's."""
+        common = tuple(f.name for f in dataclasses.fields(self) if f.name != "options")
+        return common + tuple(f.name for f in dataclasses.fields(self.options))
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied (algorithm options included), validated."""
+        common = {f.name for f in dataclasses.fields(self)}
+        mine = {k: v for k, v in changes.items() if k in common}
+        rest = {k: v for k, v in changes.items() if k not in common}
+        if "algo" in mine and mine["algo"] != self.algo and "options" not in mine:
+            mine["options"] = None
+            if rest:
+                raise ValueError("change algo and its options in two steps, or use "
+                                 "get_config.")
+        _check_names(self.algo, rest)
+        new = dataclasses.replace(self, **mine)
+        if rest:
+            new = dataclasses.replace(new, options=dataclasses.replace(new.options, **rest))
+        return new.validate()
+
     def validate(self) -> Config:
         """Raise ValueError naming the first bad field."""
-        if self.algo not in ALGOS:
-            raise ValueError(f"unknown algo {self.algo!r}; choose one of {ALGOS}.")
-        if self.fisher not in ("analytic", "empirical"):
-            raise ValueError(f"fisher must be 'analytic' or 'empirical', got {self.fisher!r}.")
-        for name in ("total_timesteps", "num_envs", "num_steps", "cg_iters", "ls_max_tries",
-                     "vf_epochs", "return_window"):
+        for name in ("total_timesteps", "num_envs", "num_steps", "vf_epochs",
+                     "return_window", "eval_episodes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        for name in ("max_kl", "pi_lr", "vf_lr"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
-        if self.damping < 0:
-            raise ValueError(f"damping must be non-negative, got {self.damping}.")
-        if not 0 < self.max_kl_decay <= 1:
-            raise ValueError(f"max_kl_decay must be in (0, 1], got {self.max_kl_decay}.")
-        if not 0 < self.fisher_fraction <= 1:
-            raise ValueError(f"fisher_fraction must be in (0, 1], got {self.fisher_fraction}.")
-        if not 0 < self.ls_shrink < 1:
-            raise ValueError(f"ls_shrink must be in (0, 1), got {self.ls_shrink}.")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0 = off), got {self.eval_every}.")
+        if not float(self.vf_lr) > 0:
+            raise ValueError(f"vf_lr must be positive, got {self.vf_lr}.")
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise ValueError("gamma and gae_lambda must be in [0, 1].")
+        if not self.hidden or any(int(h) < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be positive layer widths, got {self.hidden}.")
         if self.vf_minibatch < 0 or (self.vf_minibatch and self.batch_size % self.vf_minibatch):
             raise ValueError(
                 f"vf_minibatch ({self.vf_minibatch}) must divide the batch size "
                 f"num_envs * num_steps = {self.batch_size} (or be 0 for the whole batch)."
             )
+        from npgjax.rl.networks import _ACTIVATIONS, NETWORKS
+
+        if self.network not in NETWORKS:
+            raise ValueError(f"unknown network {self.network!r}; choose one of {NETWORKS}.")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose one of "
+                             f"{tuple(_ACTIVATIONS)}.")
+        self.options.validate()
         return self
 
 
+def _check_names(algo: str, options: dict[str, Any]) -> None:
+    """Raise for options that the algorithm ``algo`` does not take."""
+    own = {f.name for f in dataclasses.fields(ALGORITHMS[algo].options)}
+    common = {f.name for f in dataclasses.fields(Config)} - {"options"}
+    for name in sorted(set(options) - own):
+        users = [a for a, alg in ALGORITHMS.items()
+                 if name in {f.name for f in dataclasses.fields(alg.options)}]
+        if users:
+            raise ValueError(f"option {name!r} is not used by algo {algo!r} (it is an option "
+                             f"of {', '.join(users)}).")
+        raise ValueError(f"unknown option {name!r}; {algo} takes: "
+                         f"{', '.join(sorted(common | own))}.")
+
+
 #: Defaults per environment, applied by :func:`get_config` before the user's overrides.
+#: Entries the chosen algorithm does not take (e.g. ``max_kl`` for vpg) are left out.
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     # CartPole: max_kl decays to 0.3x, so solved policies stay solved (16 seeds: 16/16
     # npg and 15/16 trpo end at 475, against 13/16 and 12/16 with a constant bound).
@@ -142,35 +217,67 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def get_config(env: str = "CartPole-v1", algo: str = "npg", **overrides: Any) -> Config:
+def _as_pairs(value: Any, what: str) -> Any:
+    if value is None:
+        return None if what == "env_params" else ()
+    if isinstance(value, dict):
+        return tuple(sorted(value.items()))
+    if isinstance(value, (tuple, list)) and all(
+        isinstance(p, (tuple, list)) and len(p) == 2 for p in value
+    ):
+        return tuple((str(k), v) for k, v in value)
+    if what == "env_params":
+        return value  # an EnvParams object
+    raise TypeError(f"{what} must be a dict or (key, value) pairs, got {type(value).__name__}.")
+
+
+def get_config(
+    env: Any = "CartPole-v1",
+    algo: str = "npg",
+    *,
+    env_params: Any = None,
+    env_kwargs: Any = None,
+    **overrides: Any,
+) -> Config:
     """The defaults for ``env`` and ``algo``, with ``overrides`` applied and checked.
 
     Args:
-      env: gymnax environment id; any id gymnax knows works, with generic defaults when
-        it has no entry in ``ENV_DEFAULTS``.
-      algo: one of ``ALGOS``.
-      **overrides: any :class:`Config` field.
+      env: a gymnax registry id (generic defaults when it has no entry in
+        :data:`ENV_DEFAULTS`), or a gymnax ``Environment`` object (your own subclass too).
+      algo: a name in :data:`ALGOS`.
+      env_params: the environment's ``EnvParams``, or a dict of its fields to change
+        (e.g. ``{"max_steps_in_episode": 200}``).
+      env_kwargs: constructor arguments for a registry id (e.g. ``{"size": 16}``).
+      **overrides: any option of :class:`Config` or of the algorithm's options.
 
     Returns:
-      A validated :class:`Config`.
+      A validated :class:`Config`. The environment is built once here, so a bad id,
+      kwarg or params field fails now, with the valid ones listed.
+
+    Raises:
+      ValueError: an unknown algorithm, environment or option, an option the algorithm
+        does not use, or a bad value.
 
     Examples:
       >>> from npgjax.rl import get_config
       >>> get_config("CartPole-v1", "trpo", total_timesteps=50_000).algo
       'trpo'
+      >>> get_config("DeepSea-bsuite", env_kwargs={"size": 16}).env_kwargs
+      (('size', 16),)
     """
-    from npgjax.rl._gymnax import import_gymnax
+    from npgjax.rl.envs import make_env
 
-    gymnax = import_gymnax()
-    if env not in gymnax.registered_envs:
-        raise ValueError(
-            f"unknown environment {env!r}; gymnax knows: {', '.join(gymnax.registered_envs)}."
-        )
-    fields = {f.name for f in dataclasses.fields(Config)}
-    bad = sorted(set(overrides) - fields)
-    if bad:
-        raise ValueError(f"unknown config option(s) {bad}; valid options: {sorted(fields)}.")
-    base: dict[str, Any] = dict(ENV_DEFAULTS.get(env, {}))
+    if algo not in ALGORITHMS:
+        raise ValueError(f"unknown algo {algo!r}; choose one of {tuple(ALGORITHMS)}.")
+    env_kwargs, env_params = _as_pairs(env_kwargs, "env_kwargs"), _as_pairs(env_params,
+                                                                              "env_params")
+    make_env(env, env_kwargs, dict(env_params) if isinstance(env_params, tuple) else env_params)
+    option_fields = {f.name for f in dataclasses.fields(ALGORITHMS[algo].options)}
+    common = {f.name for f in dataclasses.fields(Config)} - {"options", "env", "algo",
+                                                            "env_kwargs", "env_params"}
+    _check_names(algo, {k: v for k, v in overrides.items() if k not in common})
+    base = {k: v for k, v in ENV_DEFAULTS.get(env_name(env), {}).items()
+            if k in common | option_fields}
     base.update(overrides)
     # A default critic minibatch that does not fit a user-chosen batch becomes the batch.
     if "vf_minibatch" not in overrides and base.get("vf_minibatch"):
@@ -179,4 +286,7 @@ def get_config(env: str = "CartPole-v1", algo: str = "npg", **overrides: Any) ->
             base["vf_minibatch"] = 0
     if "hidden" in base:
         base["hidden"] = tuple(base["hidden"])
-    return Config(env=env, algo=algo, **base).validate()
+    options = ALGORITHMS[algo].options(**{k: v for k, v in base.items() if k in option_fields})
+    config = Config(env=env, algo=algo, env_kwargs=env_kwargs, env_params=env_params,
+                    options=options, **{k: v for k, v in base.items() if k in common})
+    return config.validate()

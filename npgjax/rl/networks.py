@@ -1,4 +1,9 @@
-"""Policy and value networks (flax.linen MLPs with orthogonal initialisation)."""
+"""Policy and value networks (flax.linen, orthogonal initialisation).
+
+``MLP`` for flat observations, ``CNN`` for images (``[H, W, C]``), ``TorsoHead`` to put
+a linear head on any flax torso, and :func:`make_networks`, which picks them for an
+environment and checks that they fit its observations.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["MLP", "orthogonal"]
+__all__ = ["CNN", "MLP", "NETWORKS", "TorsoHead", "make_networks", "orthogonal"]
 
 
 @jax.custom_batching.sequential_vmap
@@ -71,6 +76,8 @@ class MLP(nn.Module):
       activation: ``"tanh"``, ``"relu"`` or ``"gelu"``.
       out_scale: gain of the output layer's orthogonal init (0.01 for a policy head,
         1.0 for a value head).
+      obs_ndim: number of trailing axes of one observation; they are flattened (1 for
+        flat observations).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -85,11 +92,155 @@ class MLP(nn.Module):
     out: int
     activation: str = "tanh"
     out_scale: float = 1.0
+    obs_ndim: int = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        if self.obs_ndim != 1:  # flatten each observation
+            x = x.reshape(x.shape[: x.ndim - self.obs_ndim] + (-1,))
         act = _ACTIVATIONS[self.activation]
         for h in self.hidden:
             x = nn.Dense(h, kernel_init=orthogonal(np.sqrt(2.0)))(x)
             x = act(x)
         return nn.Dense(self.out, kernel_init=orthogonal(self.out_scale))(x)
+
+
+class CNN(nn.Module):
+    """A small convolutional torso for image observations ``[..., H, W, C]``, then an MLP.
+
+    Two 3x3 convolutions (16 and 32 channels, the second with stride 2 when the image
+    is at least 16 pixels on a side), flattened, then :class:`MLP` layers.
+
+    Attributes:
+      hidden: widths of the dense layers after the convolutions.
+      out: output width.
+      activation: ``"tanh"``, ``"relu"`` or ``"gelu"`` (dense layers; convolutions use relu).
+      out_scale: gain of the output layer's orthogonal init.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from npgjax.rl import CNN
+      >>> net = CNN(hidden=(32,), out=3)
+      >>> params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 10, 10, 4)))
+      >>> net.apply(params, jnp.zeros((5, 10, 10, 4))).shape
+      (5, 3)
+    """
+
+    hidden: Sequence[int]
+    out: int
+    activation: str = "relu"
+    out_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        if x.ndim < 3:
+            raise ValueError(f"CNN needs image observations [..., H, W, C], got shape {x.shape}.")
+        lead = x.shape[:-3]
+        x = x.reshape((-1,) + x.shape[-3:])
+        stride = 2 if min(x.shape[1:3]) >= 16 else 1
+        x = nn.relu(nn.Conv(16, (3, 3), kernel_init=orthogonal(np.sqrt(2.0)))(x))
+        x = nn.relu(nn.Conv(32, (3, 3), strides=stride, kernel_init=orthogonal(np.sqrt(2.0)))(x))
+        x = x.reshape(lead + (-1,))
+        return MLP(self.hidden, self.out, self.activation, self.out_scale)(x)
+
+
+class TorsoHead(nn.Module):
+    """Any flax module as a torso, with a linear head of width ``out``.
+
+    Attributes:
+      torso: a flax module mapping a batch of observations to features ``[..., F]``.
+      out: output width.
+      out_scale: gain of the head's orthogonal init.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> from npgjax.rl import TorsoHead
+      >>> net = TorsoHead(nn.Dense(8), out=2)
+      >>> params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)))
+      >>> net.apply(params, jnp.zeros((4, 3))).shape
+      (4, 2)
+    """
+
+    torso: nn.Module
+    out: int
+    out_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return nn.Dense(self.out, kernel_init=orthogonal(self.out_scale))(self.torso(x))
+
+
+#: The built-in networks of the ``network`` option ("auto" picks cnn for images).
+NETWORKS = ("auto", "mlp", "cnn")
+
+
+def make_networks(
+    network: str,
+    obs_shape: tuple[int, ...],
+    out: int,
+    *,
+    hidden: Sequence[int] = (64, 64),
+    activation: str = "tanh",
+    policy_torso: nn.Module | None = None,
+    critic_torso: nn.Module | None = None,
+) -> tuple[nn.Module, nn.Module]:
+    """The policy and critic networks for observations of ``obs_shape``.
+
+    Args:
+      network: ``"auto"`` (``"cnn"`` for image observations ``[H, W, C]``, else
+        ``"mlp"``), ``"mlp"`` (observations flattened) or ``"cnn"``.
+      obs_shape: shape of one observation.
+      out: the policy's output width (logits or Gaussian means).
+      hidden: hidden widths.
+      activation: hidden activation.
+      policy_torso: any flax module to use as the policy's torso instead (a linear head
+        of width ``out`` is added).
+      critic_torso: likewise for the critic (a linear head of width 1 is added).
+
+    Returns:
+      ``(policy_net, critic_net)``, each mapping observations ``[..., *obs_shape]`` to
+      ``[..., width]``.
+
+    Raises:
+      ValueError: an unknown network, or one that does not fit the observations (a CNN
+        on observations that are not images, or a torso that fails on a dummy batch).
+
+    Examples:
+      >>> from npgjax.rl import make_networks
+      >>> pi, vf = make_networks("auto", (10, 10, 4), 3)
+      >>> type(pi).__name__, type(vf).__name__
+      ('CNN', 'CNN')
+    """
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}; choose one of {NETWORKS}.")
+    image = len(obs_shape) == 3
+    if network == "auto":
+        network = "cnn" if image else "mlp"
+    if network == "cnn" and not image:
+        raise ValueError(f"network 'cnn' needs image observations [H, W, C]; this "
+                         f"environment's observations have shape {obs_shape} (use 'mlp').")
+    if network == "cnn":
+        pi, vf = CNN(tuple(hidden), out, "relu", 0.01), CNN(tuple(hidden), 1, "relu", 1.0)
+    else:
+        nd = max(1, len(obs_shape))
+        pi = MLP(tuple(hidden), out, activation, 0.01, nd)
+        vf = MLP(tuple(hidden), 1, activation, 1.0, nd)
+    if policy_torso is not None:
+        pi = TorsoHead(policy_torso, out, 0.01)
+    if critic_torso is not None:
+        vf = TorsoHead(critic_torso, 1, 1.0)
+    _check_fits(pi, vf, obs_shape)
+    return pi, vf
+
+
+def _check_fits(pi: nn.Module, vf: nn.Module, obs_shape: tuple[int, ...]) -> None:
+    dummy = jnp.zeros((2, *obs_shape))
+    for name, net, width in (("policy", pi, None), ("critic", vf, 1)):
+        try:
+            out = jax.eval_shape(lambda n=net: n.init_with_output(jax.random.PRNGKey(0), dummy))[0]
+        except Exception as e:
+            raise ValueError(f"the {name} network does not fit observations of shape "
+                             f"{obs_shape}: {type(e).__name__}: {e}") from e
+        if out.shape[:1] != (2,) or out.ndim != 2 or (width and out.shape[-1] != width):
+            raise ValueError(f"the {name} network maps a batch of 2 observations of shape "
+                             f"{obs_shape} to shape {out.shape}; expected (2, width).")

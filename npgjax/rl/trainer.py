@@ -1,39 +1,40 @@
 """Jitted, vectorised training on gymnax: ``make_train(config) -> train(key)``.
 
-One update = a ``lax.scan`` rollout of ``num_steps`` over ``num_envs`` vmapped
-environments, GAE from the core estimators, a critic fit with optax, and a policy step
-through the core's optax transforms. ``train`` is a pure function: jit it, vmap it over
-seeds, or over hyperparameters (``hparams``).
+``make_trainer`` only assembles the pieces: the environment (:mod:`~npgjax.rl.envs`),
+the networks (:mod:`~npgjax.rl.networks`), the rollout (:mod:`~npgjax.rl.rollout`), GAE
+from the core estimators, the critic fit (:mod:`~npgjax.rl.critic`), the algorithm's
+policy update (:mod:`~npgjax.rl.algos`) and the deterministic evaluation
+(:mod:`~npgjax.rl.evaluation`). ``train`` is a pure function: jit it, vmap it over seeds,
+or over traced hyperparameters (``hparams``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from npgjax.distributions import Categorical, DiagGaussian
-from npgjax.estimators import explained_variance, gae, normalize_advantages, surrogate_loss
-from npgjax.logprob import segment_log_probs
-from npgjax.rl._gymnax import import_gymnax
+from npgjax.estimators import explained_variance, gae, normalize_advantages
+from npgjax.rl.algos import ALGORITHMS, PolicyModel, UpdateData
 from npgjax.rl.configs import Config
-from npgjax.rl.enac import enac_objective, segment_returns
-from npgjax.rl.networks import MLP
+from npgjax.rl.critic import fit_critic
+from npgjax.rl.envs import EnvSpec, make_env
+from npgjax.rl.evaluation import evaluate_episodes
+from npgjax.rl.networks import make_networks
 from npgjax.rl.normalize import RunningStats, init_stats, normalize, update_stats
-from npgjax.transforms import mean_kl, precondition_by_fisher, trust_region_line_search
+from npgjax.rl.rollout import collect, record_episodes
 
 Array = jax.Array
 PyTree = Any
 
-__all__ = ["HPARAMS", "RunnerState", "Trainer", "make_train", "make_trainer"]
+__all__ = ["RunnerState", "Trainer", "make_train", "make_trainer", "run_updates"]
 
-#: Config fields that may be traced: pass them in ``hparams`` to vmap over them.
-HPARAMS = ("max_kl", "damping", "vf_lr", "pi_lr", "gamma", "gae_lambda")
+_EVAL_SALT = 0x5EED  # evaluation keys are folded from the state's key, off its stream
 
 
 class RunnerState(NamedTuple):
@@ -44,7 +45,7 @@ class RunnerState(NamedTuple):
         continuous actions).
       vf_params: critic parameters.
       vf_opt_state: the critic's adam state.
-      pi_opt_state: the policy's adam state (vpg only; ``()`` otherwise).
+      pi_opt_state: the algorithm's optimiser state (its diagnostics included).
       obs_stats: running observation statistics.
       env_state: vmapped gymnax environment states.
       obs: current raw observations ``[num_envs, ...]``.
@@ -55,7 +56,7 @@ class RunnerState(NamedTuple):
       num_episodes: episodes finished so far.
       key: PRNG key (training is a deterministic function of it).
       update: number of updates done.
-      hparams: the traced hyperparameters (:data:`HPARAMS`).
+      hparams: the traced hyperparameters (``config.traced``).
     """
 
     pi_params: PyTree
@@ -81,65 +82,40 @@ class Trainer(NamedTuple):
     Attributes:
       init: ``init(key, hparams=None) -> RunnerState``.
       update: ``update(state) -> (state, metrics)``: one rollout, one policy step, one
-        critic fit. Scan it for many.
+        critic fit. Scan it for many (or use :func:`run_updates`).
+      evaluate: ``evaluate(state) -> {"eval_return", "eval_length"}``: the deterministic
+        policy on ``eval_episodes`` fresh environments.
+      act: ``act(pi_params, obs_stats, obs, key=None) -> env actions``: deterministic
+        without a key, sampled with one.
       config: the validated config.
+      env: the :class:`~npgjax.rl.EnvSpec`.
     """
 
     init: Callable[..., RunnerState]
     update: Callable[[RunnerState], tuple[RunnerState, dict[str, Array]]]
+    evaluate: Callable[[RunnerState], dict[str, Array]]
+    act: Callable[..., Array]
     config: Config
+    env: EnvSpec
 
 
-@dataclasses.dataclass(frozen=True)
-class _ActionSpec:
-    discrete: bool
-    dim: int  # number of actions (discrete) or action dimensions (continuous)
-    low: np.ndarray | None = None
-    high: np.ndarray | None = None
-
-
-def _action_spec(space: Any) -> _ActionSpec:
-    from gymnax.environments import spaces
-
-    if isinstance(space, spaces.Discrete):
-        return _ActionSpec(True, int(space.n))
-    if isinstance(space, spaces.Box):
-        shape = tuple(space.shape)
-        if len(shape) != 1:
-            raise ValueError(f"only flat Box action spaces are supported; got shape {shape}.")
-        low = np.broadcast_to(np.asarray(space.low, np.float32), shape)
-        high = np.broadcast_to(np.asarray(space.high, np.float32), shape)
-        return _ActionSpec(False, shape[0], low, high)
-    raise ValueError(
-        f"unsupported action space {type(space).__name__}; npgjax trains Discrete and Box."
-    )
-
-
-def _permutations(key: Array, num: int, n: int) -> Array:
-    """``num`` random permutations of ``range(n)``, shape ``[num, n]``, from one sort.
-
-    Each row sorts random bits with the index packed into the low bits of the same
-    uint32 (a single-operand sort, much cheaper on CPU than ``jax.random.permutation``'s
-    key-value sort). Ties in the random high bits are broken by index, a bias of order
-    ``n / 2**(32 - log2(n))`` per pair, negligible for minibatch shuffling.
-    """
-    bits = max(1, (n - 1).bit_length())
-    if bits > 24:  # too few random bits left: fall back to the exact method
-        return jax.vmap(lambda k: jax.random.permutation(k, n))(jax.random.split(key, num))
-    high = jax.random.bits(key, (num, n), jnp.uint32) >> bits << bits
-    packed = high | jnp.arange(n, dtype=jnp.uint32)
-    return (jnp.sort(packed, axis=-1) & jnp.uint32((1 << bits) - 1)).astype(jnp.int32)
-
-
-def make_trainer(config: Config) -> Trainer:
-    """Build the pure ``init`` and ``update`` functions for ``config``.
+def make_trainer(
+    config: Config,
+    *,
+    policy_torso: nn.Module | None = None,
+    critic_torso: nn.Module | None = None,
+) -> Trainer:
+    """Build the pure ``init``, ``update`` and ``evaluate`` functions for ``config``.
 
     Args:
       config: a :class:`npgjax.rl.Config` (see :func:`npgjax.rl.get_config`).
+      policy_torso: any flax module mapping a batch of (normalised) observations to
+        features, used instead of ``config.network`` for the policy (a linear head is
+        added).
+      critic_torso: likewise for the critic.
 
     Returns:
-      A :class:`Trainer`. ``update`` runs one rollout and one policy and critic update;
-      scan it for many.
+      A :class:`Trainer`.
 
     Examples:
       >>> import jax
@@ -151,332 +127,174 @@ def make_trainer(config: Config) -> Trainer:
       16
     """
     config = config.validate()
-    env, env_params = import_gymnax().make(config.env)
-    aspec = _action_spec(env.action_space(env_params))
-    obs_shape = tuple(env.observation_space(env_params).shape)
-    obs_dim = int(np.prod(obs_shape))
+    env_params = config.env_params
+    spec = make_env(config.env, config.env_kwargs,
+                    dict(env_params) if isinstance(env_params, tuple) else env_params)
+    pi_net, vf_net = make_networks(config.network, spec.obs_shape, spec.action_dim,
+                                   hidden=config.hidden, activation=config.activation,
+                                   policy_torso=policy_torso, critic_torso=critic_torso)
     E, T = config.num_envs, config.num_steps
     B = E * T
-    pi_net = MLP(config.hidden, aspec.dim, config.activation, out_scale=0.01)
-    vf_net = MLP(config.hidden, 1, config.activation, out_scale=1.0)
-    n_fisher = max(1, int(round(config.fisher_fraction * B)))
-    mb = config.vf_minibatch or B
-    n_mb = B // mb
 
-    # ------------------------------------------------------------ model pieces
     def policy(pi_params: PyTree, obs: Array) -> Any:
         out = pi_net.apply(pi_params["net"], obs)
-        if aspec.discrete:
-            return Categorical(out)
-        return DiagGaussian(out, pi_params["log_std"])
+        return Categorical(out) if spec.discrete else DiagGaussian(out, pi_params["log_std"])
 
     def value(vf_params: PyTree, obs: Array) -> Array:
         return vf_net.apply(vf_params, obs)[..., 0]
 
-    def to_env_action(a: Array) -> Array:
-        if aspec.discrete:
-            return a
-        if np.all(np.isfinite(aspec.low)) and np.all(np.isfinite(aspec.high)):
-            low, high = jnp.asarray(aspec.low), jnp.asarray(aspec.high)
-            return low + (jnp.clip(a, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
-        return a
-
     def prep(stats: RunningStats, obs: Array) -> Array:
-        obs = obs.reshape(obs.shape[: obs.ndim - len(obs_shape)] + (obs_dim,))
         return normalize(stats, obs) if config.normalize_obs else obs
 
-    vf_tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.vf_lr)
-    pi_tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.pi_lr)
+    def act(pi_params: PyTree, stats: RunningStats, obs: Array, key: Array | None = None):
+        dist = policy(pi_params, prep(stats, obs))
+        return spec.to_env_action(dist.mode() if key is None else dist.sample(key))
 
-    # ------------------------------------------------------------ init
+    algo = ALGORITHMS[config.algo].build(PolicyModel(policy, T, E), config.options)
+    vf_tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.vf_lr)
+
     def init(key: Array, hparams: dict[str, Any] | None = None) -> RunnerState:
-        hp = {k: jnp.asarray(getattr(config, k), jnp.float32) for k in HPARAMS}
+        hp = {k: jnp.asarray(v, jnp.float32) for k, v in config.hparams().items()}
         for k, v in (hparams or {}).items():
-            if k not in HPARAMS:
-                raise ValueError(f"unknown hparam {k!r}; tracable hparams are {HPARAMS}.")
+            if k not in hp:
+                raise ValueError(f"unknown hparam {k!r}; traced hparams of this config: "
+                                 f"{tuple(hp)}.")
             hp[k] = jnp.asarray(v, jnp.float32)
         key, k_pi, k_vf, k_env = jax.random.split(key, 4)
-        dummy = jnp.zeros((1, obs_dim))
+        dummy = jnp.zeros((1, *spec.obs_shape))
         pi_params: dict[str, Any] = {"net": pi_net.init(k_pi, dummy)}
-        if not aspec.discrete:
-            pi_params["log_std"] = jnp.full((aspec.dim,), config.init_log_std, jnp.float32)
+        if not spec.discrete:
+            pi_params["log_std"] = jnp.full((spec.action_dim,), config.init_log_std,
+                                            jnp.float32)
         vf_params = vf_net.init(k_vf, dummy)
         vf_opt_state = vf_tx.init(vf_params)
         vf_opt_state.hyperparams["learning_rate"] = hp["vf_lr"]
-        pi_opt_state = ()
-        if config.algo == "vpg":
-            pi_opt_state = pi_tx.init(pi_params)
-            pi_opt_state.hyperparams["learning_rate"] = hp["pi_lr"]
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
-            jax.random.split(k_env, E), env_params
-        )
+        obs, env_state = jax.vmap(spec.env.reset, in_axes=(0, None))(
+            jax.random.split(k_env, E), spec.params)
         W = config.return_window
         return RunnerState(
-            pi_params=pi_params,
-            vf_params=vf_params,
-            vf_opt_state=vf_opt_state,
-            pi_opt_state=pi_opt_state,
-            obs_stats=init_stats((obs_dim,)),
-            env_state=env_state,
-            obs=obs,
-            ep_return=jnp.zeros(E),
-            ep_length=jnp.zeros(E, jnp.int32),
-            return_buffer=jnp.zeros(W),
-            length_buffer=jnp.zeros(W),
-            num_episodes=jnp.zeros((), jnp.int32),
-            key=key,
-            update=jnp.zeros((), jnp.int32),
-            hparams=hp,
-        )
+            pi_params=pi_params, vf_params=vf_params, vf_opt_state=vf_opt_state,
+            pi_opt_state=algo.init(pi_params, hp), obs_stats=init_stats(spec.obs_shape),
+            env_state=env_state, obs=obs, ep_return=jnp.zeros(E),
+            ep_length=jnp.zeros(E, jnp.int32), return_buffer=jnp.zeros(W),
+            length_buffer=jnp.zeros(W), num_episodes=jnp.zeros((), jnp.int32), key=key,
+            update=jnp.zeros((), jnp.int32), hparams=hp)
 
-    # ------------------------------------------------------------ rollout
-    def rollout(state: RunnerState, key: Array):
-        stats, pi_params = state.obs_stats, state.pi_params
-
-        def step(carry, keys):
-            env_state, obs, ep_ret, ep_len = carry
-            nobs = prep(stats, obs)
-            dist = policy(pi_params, nobs)
-            action = dist.sample(keys[0])
-            logp = dist.log_prob(action)
-            obs2, env_state, reward, term, trunc, info = jax.vmap(
-                env.step, in_axes=(0, 0, 0, None)
-            )(keys[1:], env_state, to_env_action(action), env_params)
-            reward = reward.astype(jnp.float32)
-            done = term | trunc
-            ep_ret = ep_ret + reward
-            ep_len = ep_len + 1
-            tr = {
-                "raw_obs": obs.reshape(E, obs_dim).astype(jnp.float32),
-                "obs": nobs,
-                "actions": action,
-                "old_logp": logp,
-                "reward": reward,
-                "terminated": term,
-                "truncated": trunc,
-                "done": done,
-                "next_obs": prep(stats, info["final_observation"]),
-                "ep_return": ep_ret,
-                "ep_length": ep_len,
-            }
-            ep_ret = jnp.where(done, 0.0, ep_ret)
-            ep_len = jnp.where(done, 0, ep_len)
-            return (env_state, obs2, ep_ret, ep_len), tr
-
-        carry = (state.env_state, state.obs, state.ep_return, state.ep_length)
-        # All keys up front: one split instead of two per step.
-        carry, traj = jax.lax.scan(step, carry, jax.random.split(key, (T, E + 1)))
-        return carry, traj
-
-    def record_episodes(state: RunnerState, traj: dict[str, Array]):
-        W = config.return_window
-        done = traj["done"].reshape(-1)
-        idx = jnp.cumsum(done) - 1
-        n_new = jnp.sum(done)
-        keep = done & (idx >= n_new - W)
-        pos = jnp.where(keep, (state.num_episodes + idx) % W, W)
-        rbuf = state.return_buffer.at[pos].set(traj["ep_return"].reshape(-1), mode="drop")
-        lbuf = state.length_buffer.at[pos].set(
-            traj["ep_length"].reshape(-1).astype(jnp.float32), mode="drop"
-        )
-        total = state.num_episodes + n_new.astype(jnp.int32)
-        valid = jnp.arange(W) < jnp.minimum(total, W)
-        cnt = jnp.sum(valid)
-        mean_ret = jnp.where(cnt > 0, jnp.sum(rbuf * valid) / jnp.maximum(cnt, 1), jnp.nan)
-        mean_len = jnp.where(cnt > 0, jnp.sum(lbuf * valid) / jnp.maximum(cnt, 1), jnp.nan)
-        return rbuf, lbuf, total, mean_ret, mean_len
-
-    # ------------------------------------------------------------ critic
-    def fit_critic(vf_params, vf_opt_state, obs, targets, key):
-        def loss(p, o, t):
-            return jnp.mean((value(p, o) - t) ** 2)
-
-        def epoch(carry, perm):
-            p, s = carry
-            o = obs[perm].reshape(n_mb, mb, obs_dim)
-            t = targets[perm].reshape(n_mb, mb)
-
-            def mb_step(c, xs):
-                p, s = c
-                g = jax.grad(loss)(p, *xs)
-                u, s = vf_tx.update(g, s, p)
-                return (optax.apply_updates(p, u), s), None
-
-            (p, s), _ = jax.lax.scan(mb_step, (p, s), (o, t))
-            return (p, s), None
-
-        (vf_params, vf_opt_state), _ = jax.lax.scan(
-            epoch, (vf_params, vf_opt_state), _permutations(key, config.vf_epochs, B)
-        )
-        return vf_params, vf_opt_state
-
-    # ------------------------------------------------------------ policy
-    def log_prob_fn(p, b):
-        return policy(p, b["obs"]).log_prob(b["actions"])
-
-    def dist_fn(p, b):
-        return policy(p, b["obs"])
-
-    def loss_fn(p, b):
-        return surrogate_loss(log_prob_fn(p, b), b["old_logp"], b["adv"])
-
-    def policy_step(state: RunnerState, batch: dict[str, Array], traj, next_values, key):
-        hp = dict(state.hparams)
-        if config.max_kl_decay != 1.0:
-            frac = state.update.astype(jnp.float32) / config.num_updates
-            hp["max_kl"] = hp["max_kl"] * (1.0 - (1.0 - config.max_kl_decay) * frac)
-        params = state.pi_params
-        diag = {
-            "max_kl": hp["max_kl"],
-            "predicted_kl": jnp.nan,
-            "cg_iterations": jnp.nan,
-            "cg_residual": jnp.nan,
-            "cosine": jnp.nan,
-            "ls_tries": jnp.nan,
-            "ls_accepted": jnp.nan,
-        }
-        pi_opt_state = state.pi_opt_state
-        if config.algo == "vpg":
-            g = jax.grad(loss_fn)(params, batch)
-            updates, pi_opt_state = pi_tx.update(g, pi_opt_state, params)
-            return optax.apply_updates(params, updates), pi_opt_state, diag
-
-        fisher_batch = batch
-        if n_fisher < B:
-            idx = jax.random.permutation(key, B)[:n_fisher]
-            fisher_batch = jax.tree.map(lambda x: x[idx], batch)
-        fisher_src = (
-            {"dist_fn": dist_fn} if config.fisher == "analytic" else {"log_prob_fn": log_prob_fn}
-        )
-        extra: dict[str, Any] = {"fisher_batch": fisher_batch}
-        if config.algo == "enac":
-            g, pre = _enac_gradient(params, batch, traj, next_values, hp)
-            fisher_src = {"log_prob_fn": _segment_log_prob_fn}
-            extra = {"fisher_mask": pre}
-            batch = dict(batch, done=traj["done"].reshape(-1))
-        else:
-            g = jax.grad(loss_fn)(params, batch)
-        parts = [
-            precondition_by_fisher(
-                **fisher_src,
-                max_kl=hp["max_kl"],
-                damping=hp["damping"],
-                cg_iters=config.cg_iters,
-                cg_tol=0.0,
-                centered=config.algo == "enac",
-            ),
-            optax.scale(-1.0),
-        ]
-        if config.algo == "trpo":
-            parts.append(
-                trust_region_line_search(
-                    loss_fn,
-                    mean_kl(dist_fn),
-                    max_kl=hp["max_kl"],
-                    shrink=config.ls_shrink,
-                    max_tries=config.ls_max_tries,
-                )
-            )
-        tx = optax.chain(*parts)
-        updates, opt_state = tx.update(g, tx.init(params), params, batch=batch, **extra)
-        pre_state = opt_state[0]
-        diag.update(
-            predicted_kl=pre_state.predicted_kl,
-            cg_iterations=pre_state.cg_iterations.astype(jnp.float32),
-            cg_residual=pre_state.cg_residual,
-            cosine=pre_state.cosine,
-        )
-        if config.algo == "trpo":
-            diag.update(
-                ls_tries=opt_state[2].tries.astype(jnp.float32),
-                ls_accepted=opt_state[2].accepted.astype(jnp.float32),
-            )
-        return optax.apply_updates(params, updates), pi_opt_state, diag
-
-    def _segment_log_prob_fn(p, b):
-        lp = log_prob_fn(p, b).reshape(T, E)
-        return segment_log_probs(lp, b["done"].reshape(T, E))[0]
-
-    def _enac_gradient(params, batch, traj, next_values, hp):
-        R, seg_mask = segment_returns(
-            traj["reward"], next_values, traj["terminated"], traj["truncated"], hp["gamma"]
-        )
-        b = dict(batch, done=traj["done"].reshape(-1))
-        g = jax.grad(lambda p: enac_objective(_segment_log_prob_fn(p, b), R, seg_mask))(params)
-        return g, seg_mask.astype(jnp.float32)
-
-    # ------------------------------------------------------------ one update
     def update(state: RunnerState) -> tuple[RunnerState, dict[str, Array]]:
         hp = state.hparams
-        key, k_roll, k_vf, k_fisher = jax.random.split(state.key, 4)
-        (env_state, obs, ep_ret, ep_len), traj = rollout(state, k_roll)
+        key, k_roll, k_vf, k_pi = jax.random.split(state.key, 4)
+        carry = (state.env_state, state.obs, state.ep_return, state.ep_length)
+        stats = state.obs_stats
+        (env_state, obs, ep_ret, ep_len), traj = collect(
+            spec, lambda o: policy(state.pi_params, o), lambda o: prep(stats, o), carry,
+            k_roll, T)
         values = value(state.vf_params, traj["obs"])
         next_values = value(state.vf_params, traj["next_obs"])
-        adv, targets = gae(
-            traj["reward"], values, next_values, traj["terminated"], traj["truncated"],
-            hp["gamma"], hp["gae_lambda"],
-        )
-        flat = {k: traj[k].reshape((B,) + traj[k].shape[2:]) for k in ("obs", "actions",
-                                                                          "old_logp")}
+        adv, targets = gae(traj["reward"], values, next_values, traj["terminated"],
+                           traj["truncated"], hp["gamma"], hp["gae_lambda"])
+        flat = {k: traj[k].reshape((B,) + traj[k].shape[2:])
+                for k in ("obs", "actions", "old_logp")}
         a = adv.reshape(B)
         flat["adv"] = normalize_advantages(a) if config.normalize_adv else a
-        old_dist = policy(state.pi_params, flat["obs"])
-        pi_params, pi_opt_state, diag = policy_step(state, flat, traj, next_values, k_fisher)
-        new_dist = policy(pi_params, flat["obs"])
+        progress = state.update.astype(jnp.float32) / config.num_updates
+        pi_params, pi_opt_state, diag = algo.step(
+            state.pi_params, state.pi_opt_state, UpdateData(flat, traj, next_values), hp,
+            progress, k_pi)
         vf_params, vf_opt_state = fit_critic(
-            state.vf_params, state.vf_opt_state, flat["obs"], targets.reshape(B), k_vf
-        )
-        obs_stats = state.obs_stats
+            value, vf_tx, state.vf_params, state.vf_opt_state, flat["obs"],
+            targets.reshape(B), k_vf, epochs=config.vf_epochs,
+            minibatch=config.vf_minibatch or B)
         if config.normalize_obs:
-            obs_stats = update_stats(obs_stats, traj["raw_obs"])
-        rbuf, lbuf, n_ep, mean_ret, mean_len = record_episodes(state, traj)
-        done = traj["done"]
-        n_done = jnp.sum(done)
-        metrics = {
-            "env_steps": (state.update + 1) * B,
-            "return": mean_ret,
-            "episode_length": mean_len,
-            "episodes": n_ep,
-            "rollout_return": jnp.where(
-                n_done > 0, jnp.sum(traj["ep_return"] * done) / jnp.maximum(n_done, 1), jnp.nan
-            ),
-            "kl": jnp.mean(old_dist.kl(new_dist)),
-            "entropy": jnp.mean(old_dist.entropy()),
-            "value_loss": jnp.mean((values - targets) ** 2),
-            "explained_variance": explained_variance(values, targets),
-            **diag,
-        }
+            stats = update_stats(stats, traj["raw_obs"])
+        buffers, mean_ret, mean_len = record_episodes(
+            (state.return_buffer, state.length_buffer, state.num_episodes), traj)
+        metrics = _metrics(state, traj, buffers[2], mean_ret, mean_len, values, targets,
+                           policy(state.pi_params, flat["obs"]), policy(pi_params, flat["obs"]),
+                           B)
         new_state = RunnerState(
-            pi_params=pi_params,
-            vf_params=vf_params,
-            vf_opt_state=vf_opt_state,
-            pi_opt_state=pi_opt_state,
-            obs_stats=obs_stats,
-            env_state=env_state,
-            obs=obs,
-            ep_return=ep_ret,
-            ep_length=ep_len,
-            return_buffer=rbuf,
-            length_buffer=lbuf,
-            num_episodes=n_ep,
-            key=key,
-            update=state.update + 1,
-            hparams=hp,
-        )
-        return new_state, metrics
+            pi_params, vf_params, vf_opt_state, pi_opt_state, stats, env_state, obs, ep_ret,
+            ep_len, buffers[0], buffers[1], buffers[2], key, state.update + 1, hp)
+        return new_state, {**metrics, **diag}
 
-    return Trainer(init, update, config)
+    def evaluate(state: RunnerState) -> dict[str, Array]:
+        key = jax.random.fold_in(state.key, _EVAL_SALT)
+        ret, length = evaluate_episodes(
+            spec, lambda o, k: act(state.pi_params, state.obs_stats, o), key,
+            config.eval_episodes)
+        return {"eval_return": jnp.mean(ret), "eval_length": jnp.mean(length)}
+
+    return Trainer(init, update, evaluate, act, config, spec)
 
 
-def make_train(config: Config) -> Callable[..., tuple[RunnerState, dict[str, Array]]]:
+def _metrics(state, traj, n_ep, mean_ret, mean_len, values, targets, old_dist, new_dist, B):
+    done = traj["done"]
+    n_done = jnp.sum(done)
+    return {
+        "env_steps": (state.update + 1) * B,
+        "train_return": mean_ret,
+        "episode_length": mean_len,
+        "episodes": n_ep,
+        "rollout_return": jnp.where(
+            n_done > 0, jnp.sum(traj["ep_return"] * done) / jnp.maximum(n_done, 1), jnp.nan),
+        "kl": jnp.mean(old_dist.kl(new_dist)),
+        "entropy": jnp.mean(old_dist.entropy()),
+        "value_loss": jnp.mean((values - targets) ** 2),
+        "explained_variance": explained_variance(values, targets),
+    }
+
+
+def run_updates(
+    trainer: Trainer, state: RunnerState, start: int | Array, length: int
+) -> tuple[RunnerState, dict[str, Array]]:
+    """``length`` updates from update index ``start``, evaluating where the config says.
+
+    The evaluation runs after updates ``u`` (counted from 1) with ``u % eval_every == 0``
+    and after the last update of training; ``eval_return`` and ``eval_length`` are NaN
+    at the other updates. ``start`` must not be batched (vmap seeds with
+    ``in_axes=(0, None)``), so the evaluation stays a real branch, run only when due.
+
+    Args:
+      trainer: from :func:`make_trainer`.
+      state: the state after ``start`` updates.
+      start: index of the first update (a Python int or an unbatched scalar).
+      length: number of updates (static).
+
+    Returns:
+      ``(state, metrics)`` with metrics stacked over the updates.
+    """
+    cfg = trainer.config
+    if not cfg.eval_every:
+        return jax.lax.scan(lambda s, _: trainer.update(s), state, None, length=length)
+    nan = {"eval_return": jnp.float32(jnp.nan), "eval_length": jnp.float32(jnp.nan)}
+
+    def body(s, i):
+        s, m = trainer.update(s)
+        due = ((i + 1) % cfg.eval_every == 0) | (i + 1 == cfg.num_updates)
+        ev = jax.lax.cond(due, trainer.evaluate, lambda _: nan, s)
+        return s, {**m, **ev}
+
+    return jax.lax.scan(body, state, start + jnp.arange(length, dtype=jnp.int32))
+
+
+def make_train(
+    config: Config,
+    *,
+    policy_torso: nn.Module | None = None,
+    critic_torso: nn.Module | None = None,
+) -> Callable[..., tuple[RunnerState, dict[str, Array]]]:
     """``train(key, hparams=None) -> (final_state, metrics)``: the whole run, one function.
 
-    ``metrics`` holds one entry per update (arrays of length ``config.num_updates``).
-    Jit it; vmap it over keys for seeds, and over ``hparams`` (a dict of
-    :data:`HPARAMS` entries, e.g. ``{"max_kl": jnp.array([...])}``) for sweeps.
+    ``metrics`` holds one entry per update (arrays of length ``config.num_updates``):
+    ``train_return`` (mean of the last ``return_window`` training episodes, NaN until
+    one ends), ``eval_return`` (the deterministic policy, NaN between evaluations), the
+    KL, entropy, critic and solver diagnostics. Jit it; vmap it over keys for seeds, and
+    over ``hparams`` (a dict of ``config.traced`` entries, e.g. ``{"max_kl":
+    jnp.array([...])}``) for sweeps.
 
     Args:
       config: a :class:`npgjax.rl.Config`.
+      policy_torso: optional flax module for the policy (see :func:`make_trainer`).
+      critic_torso: optional flax module for the critic.
 
     Returns:
       The pure training function.
@@ -486,17 +304,13 @@ def make_train(config: Config) -> Callable[..., tuple[RunnerState, dict[str, Arr
       >>> from npgjax.rl import get_config, make_train
       >>> cfg = get_config("CartPole-v1", total_timesteps=64, num_envs=2, num_steps=16)
       >>> _, metrics = jax.jit(make_train(cfg))(jax.random.PRNGKey(0))
-      >>> metrics["return"].shape
+      >>> metrics["train_return"].shape
       (2,)
     """
-    trainer = make_trainer(config)
+    trainer = make_trainer(config, policy_torso=policy_torso, critic_torso=critic_torso)
 
     def train(key: Array, hparams: dict[str, Any] | None = None):
         state = trainer.init(key, hparams)
-
-        def body(s, _):
-            return trainer.update(s)
-
-        return jax.lax.scan(body, state, None, length=trainer.config.num_updates)
+        return run_updates(trainer, state, 0, trainer.config.num_updates)
 
     return train

@@ -14,13 +14,26 @@ So ``w`` is the natural gradient, and the core's ``precondition_by_fisher`` with
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import optax
 
 from npgjax.estimators import truncation_aware_returns
 from npgjax.logprob import segment_log_probs
+from npgjax.rl.algos.base import (
+    TRACED,
+    Algorithm,
+    PolicyModel,
+    PolicyUpdate,
+    UpdateData,
+    decayed_max_kl,
+)
+from npgjax.rl.algos.natural import natural_chain, natural_diagnostics, set_hyperparams
+from npgjax.rl.algos.npg import _check_kl_options
 
-__all__ = ["enac_objective", "segment_returns"]
+__all__ = ["ENAC", "ENACOptions", "enac_objective", "segment_returns"]
 
 
 def segment_returns(
@@ -70,3 +83,60 @@ def enac_objective(
     w = m / jnp.maximum(jnp.sum(m), 1.0)
     centred = jax.lax.stop_gradient((seg_returns - jnp.sum(w * seg_returns)) * w)
     return -jnp.sum(centred * seg_log_probs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ENACOptions:
+    """Options of eNAC. Its Fisher is always the centred empirical trajectory Fisher
+    over episode segments, on the whole batch, so it has no ``fisher`` options.
+
+    Attributes:
+      max_kl: KL bound of each policy step (traced).
+      max_kl_decay: linear decay of the bound to ``max_kl * max_kl_decay``.
+      damping: Fisher damping (traced).
+      cg_iters: conjugate-gradient iterations.
+    """
+
+    max_kl: float = dataclasses.field(default=0.01, metadata=TRACED)
+    max_kl_decay: float = 1.0
+    damping: float = dataclasses.field(default=0.1, metadata=TRACED)
+    cg_iters: int = 10
+
+    def validate(self) -> None:
+        if int(self.cg_iters) < 1:
+            raise ValueError(f"cg_iters must be a positive integer, got {self.cg_iters}.")
+        _check_kl_options(self)
+
+
+def _build(model: PolicyModel, opts: ENACOptions) -> PolicyUpdate:
+    T, E = model.num_steps, model.num_envs
+
+    def seg_log_prob_fn(p, b):
+        lp = model.log_prob_fn(p, b).reshape(T, E)
+        return segment_log_probs(lp, b["done"].reshape(T, E))[0]
+
+    tx = natural_chain({"log_prob_fn": seg_log_prob_fn}, max_kl=opts.max_kl,
+                       damping=opts.damping, cg_iters=opts.cg_iters, centered=True)
+
+    def init(params, hparams):
+        return set_hyperparams(tx.init(params), max_kl=hparams["max_kl"],
+                               damping=hparams["damping"])
+
+    def step(params, opt_state, data: UpdateData, hparams, progress, key):
+        del key
+        traj = data.traj
+        R, seg_mask = segment_returns(traj["reward"], data.next_values, traj["terminated"],
+                                      traj["truncated"], hparams["gamma"])
+        batch = dict(data.batch, done=traj["done"].reshape(-1))
+        g = jax.grad(lambda p: enac_objective(seg_log_prob_fn(p, batch), R, seg_mask))(params)
+        max_kl = decayed_max_kl(hparams["max_kl"], opts.max_kl_decay, progress)
+        opt_state = set_hyperparams(opt_state, max_kl=max_kl, damping=hparams["damping"])
+        updates, opt_state = tx.update(g, opt_state, params, batch=batch,
+                                       fisher_mask=seg_mask.astype(jnp.float32))
+        return optax.apply_updates(params, updates), opt_state, natural_diagnostics(opt_state)
+
+    return PolicyUpdate(init, step)
+
+
+ENAC = Algorithm("enac", ENACOptions, _build,
+                 "episodic natural actor-critic: regression on trajectory scores")

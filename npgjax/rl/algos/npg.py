@@ -1,0 +1,100 @@
+"""NPG: the KL-normalised natural-gradient step (Kakade 2001; Rajeswaran et al. 2017)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import optax
+
+from npgjax.rl.algos.base import (
+    TRACED,
+    Algorithm,
+    PolicyModel,
+    PolicyUpdate,
+    UpdateData,
+    decayed_max_kl,
+)
+from npgjax.rl.algos.natural import natural_chain, natural_diagnostics, set_hyperparams
+
+Array = jax.Array
+
+__all__ = ["NPG", "NPGOptions", "build_natural"]
+
+
+@dataclasses.dataclass(frozen=True)
+class NPGOptions:
+    """Options of NPG (TRPO adds its line search to these).
+
+    Attributes:
+      max_kl: KL bound of each policy step (traced).
+      max_kl_decay: the bound decays linearly to ``max_kl * max_kl_decay`` over
+        training (1.0 keeps it constant).
+      damping: Fisher damping (traced).
+      cg_iters: conjugate-gradient iterations.
+      fisher: ``"analytic"`` (KL Hessian, exact expectation over actions) or
+        ``"empirical"`` (score outer products).
+      fisher_fraction: fraction of the batch used for the Fisher (TRPO used 0.1).
+    """
+
+    max_kl: float = dataclasses.field(default=0.01, metadata=TRACED)
+    max_kl_decay: float = 1.0
+    damping: float = dataclasses.field(default=0.1, metadata=TRACED)
+    cg_iters: int = 10
+    fisher: str = "analytic"
+    fisher_fraction: float = 1.0
+
+    def validate(self) -> None:
+        if self.fisher not in ("analytic", "empirical"):
+            raise ValueError(f"fisher must be 'analytic' or 'empirical', got {self.fisher!r}.")
+        if int(self.cg_iters) < 1:
+            raise ValueError(f"cg_iters must be a positive integer, got {self.cg_iters}.")
+        _check_kl_options(self)
+        if not 0 < self.fisher_fraction <= 1:
+            raise ValueError(f"fisher_fraction must be in (0, 1], got {self.fisher_fraction}.")
+
+
+def _check_kl_options(opts: Any) -> None:
+    import math
+
+    if not (math.isfinite(float(opts.max_kl)) and float(opts.max_kl) > 0):
+        raise ValueError(f"max_kl must be a positive finite number, got {opts.max_kl}.")
+    if not (math.isfinite(float(opts.damping)) and opts.damping >= 0):
+        raise ValueError(f"damping must be a non-negative finite number, got {opts.damping}.")
+    if not 0 < opts.max_kl_decay <= 1:
+        raise ValueError(f"max_kl_decay must be in (0, 1], got {opts.max_kl_decay}.")
+
+
+def build_natural(model: PolicyModel, opts: NPGOptions,
+                  line_search: dict[str, Any] | None = None) -> PolicyUpdate:
+    """NPG's (or, with ``line_search``, TRPO's) update for ``model``."""
+    fisher_source = ({"dist_fn": model.dist_fn} if opts.fisher == "analytic"
+                     else {"log_prob_fn": model.log_prob_fn})
+    tx = natural_chain(fisher_source, max_kl=opts.max_kl, damping=opts.damping,
+                       cg_iters=opts.cg_iters, line_search=line_search)
+    B = model.batch_size
+    n_fisher = max(1, int(round(opts.fisher_fraction * B)))
+
+    def init(params, hparams):
+        return set_hyperparams(tx.init(params), max_kl=hparams["max_kl"],
+                               damping=hparams["damping"])
+
+    def step(params, opt_state, data: UpdateData, hparams, progress, key):
+        batch = data.batch
+        fisher_batch = batch
+        if n_fisher < B:
+            idx = jax.random.permutation(key, B)[:n_fisher]
+            fisher_batch = jax.tree.map(lambda x: x[idx], batch)
+        g = jax.grad(model.loss_fn)(params, batch)
+        max_kl = decayed_max_kl(hparams["max_kl"], opts.max_kl_decay, progress)
+        opt_state = set_hyperparams(opt_state, max_kl=max_kl, damping=hparams["damping"])
+        updates, opt_state = tx.update(g, opt_state, params, batch=batch,
+                                       fisher_batch=fisher_batch)
+        return optax.apply_updates(params, updates), opt_state, natural_diagnostics(opt_state)
+
+    return PolicyUpdate(init, step)
+
+
+NPG = Algorithm("npg", NPGOptions, build_natural,
+                "natural policy gradient: a KL-normalised natural step")
