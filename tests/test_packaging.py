@@ -1,0 +1,187 @@
+"""Packaging: the core installs and imports without the RL layer's dependencies.
+
+Building a wheel is too slow for the suite; these tests read ``pyproject.toml`` and the
+sources instead, and import the package in a subprocess where gymnax, flax and
+matplotlib cannot be imported (as after ``pip install npgjax`` without extras).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+import npgjax
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PROJECT = PYPROJECT["project"]
+EXTRAS = PROJECT["optional-dependencies"]
+OPTIONAL = ("gymnax", "flax", "matplotlib", "seaborn", "gymnasium", "tqdm")
+CORE = {"jax", "jaxlib", "optax", "chex"}
+
+
+def _name(requirement: str) -> str:
+    """The distribution name of a PEP 508 requirement string."""
+    return re.match(r"[A-Za-z0-9_.\-]+", requirement).group(0).lower()
+
+
+def _extra(name: str, seen: frozenset = frozenset()) -> set[str]:
+    """The distribution names an extra pulls in, following ``npgjax[...]`` references."""
+    names = set()
+    for req in EXTRAS[name]:
+        inner = re.fullmatch(r"npgjax\[([\w,\s-]+)\]", req.replace(" ", ""))
+        if inner is None:
+            names.add(_name(req))
+            continue
+        for sub in inner.group(1).split(","):
+            if sub not in seen:
+                names |= _extra(sub, seen | {name})
+    return names
+
+
+def test_core_dependencies_are_jax_optax_chex_only():
+    names = {_name(r) for r in PROJECT["dependencies"]}
+    assert names == CORE
+    assert not names & set(OPTIONAL)
+
+
+def test_rl_extra_carries_gymnax_and_its_jax_cap():
+    rl = EXTRAS["rl"]
+    assert {"gymnax", "flax", "gymnasium", "six"} <= {_name(r) for r in rl}
+    # gymnax 1.0.1 supports jax < 0.12: the cap lives with it, not in the core.
+    assert any(_name(r) == "jax" and "<0.12" in r.replace(" ", "") for r in rl)
+    assert not any("<" in r for r in PROJECT["dependencies"])
+
+
+@pytest.mark.parametrize("extra", ["dev", "docs"])
+def test_dev_and_docs_extras_install_everything_the_demo_and_tests_need(extra):
+    names = _extra(extra)
+    assert {"gymnax", "flax", "matplotlib", "tqdm", "flatbuffers"} <= names
+    assert {"dev": "pytest", "docs": "mkdocs"}[extra] in names
+
+
+def _third_party_imports(path: pathlib.Path) -> set[str]:
+    """Top-level names of every import in a module (module level and in functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"npgjax"}
+
+
+def test_core_modules_import_only_core_dependencies():
+    core = [p for p in sorted((ROOT / "npgjax").glob("*.py")) if p.name != "train.py"]
+    assert len(core) >= 8
+    # numpy comes with jax (a hard dependency of jax and jaxlib).
+    allowed = CORE | {"numpy"}
+    offenders = {p.name: sorted(_third_party_imports(p) - allowed) for p in core}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+_BLOCKER = """
+import importlib.abc, sys
+BLOCKED = {blocked!r}
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+"""
+
+_CORE_UPDATE = """
+import json
+import jax, jax.numpy as jnp, optax
+import npgjax
+
+params = {"w": jnp.zeros((3, 2))}
+obs = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
+batch = {"obs": obs, "actions": (obs[:, 0] > 0).astype(jnp.int32)}
+
+def log_prob_fn(p, b):
+    return npgjax.Categorical(b["obs"] @ p["w"]).log_prob(b["actions"])
+
+loss = lambda p: -jnp.mean(log_prob_fn(p, batch))
+tx = npgjax.npg(log_prob_fn, max_kl=0.01)
+updates, _ = tx.update(jax.grad(loss)(params), tx.init(params), params, batch=batch)
+new = optax.apply_updates(params, updates)
+print(json.dumps({
+    "loss_before": float(loss(params)),
+    "loss_after": float(loss(new)),
+    "finite": bool(jnp.all(jnp.isfinite(new["w"]))),
+    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED or m == "npgjax.rl"),
+}))
+"""
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCKER.format(blocked=set(OPTIONAL)) + code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_blocker_blocks():
+    proc = _run("import flax")
+    assert proc.returncode != 0 and "blocked" in proc.stderr
+
+
+def test_core_imports_and_steps_without_optional_dependencies():
+    proc = _run(_CORE_UPDATE)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["loaded"] == []
+    assert out["finite"]
+    assert out["loss_after"] < out["loss_before"]
+
+
+def test_rl_layer_without_its_dependencies_says_what_to_install():
+    proc = _run("import npgjax.rl")
+    assert proc.returncode != 0
+    assert "ImportError" in proc.stderr or "ModuleNotFoundError" in proc.stderr
+    if "npgjax[rl]" not in proc.stderr:
+        pytest.xfail("guard added by the RL-layer change")
+
+
+def test_license_and_py_typed_ship_in_the_wheel():
+    assert PYPROJECT["build-system"]["requires"][0].replace(" ", "") == "setuptools>=77"
+    assert PROJECT["license"] == "Apache-2.0"
+    assert PROJECT["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "py.typed" in PYPROJECT["tool"]["setuptools"]["package-data"]["npgjax"]
+    assert (ROOT / "npgjax" / "py.typed").is_file()
+
+
+def test_version_is_written_once():
+    assert "version" not in PROJECT and PROJECT["dynamic"] == ["version"]
+    attr = PYPROJECT["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert attr == "npgjax._version.__version__"
+    assert re.fullmatch(r"\d+\.\d+\.\d+([ab]|rc|\.dev)?\d*", npgjax.__version__)
+    hits = [
+        p.relative_to(ROOT)
+        for p in [ROOT / "pyproject.toml", *sorted((ROOT / "npgjax").rglob("*.py"))]
+        if re.search(r"""^\s*(__version__|version)\s*=\s*["']""", p.read_text(), re.M)
+    ]
+    assert hits == [pathlib.Path("npgjax/_version.py")]
+    assert f"## [{npgjax.__version__}]" in (ROOT / "CHANGELOG.md").read_text()
