@@ -25,25 +25,28 @@ from npgjax.fisher import (
     fisher_vector_product,
 )
 from npgjax.logprob import policy_log_prob_fn, segment_log_probs, trajectory_log_prob
+from npgjax.optimizers import npg, trpo
 from npgjax.scores import per_sample_scores, score_matrix
 from npgjax.solvers import SolveInfo, cholesky_solve, conjugate_gradient
+from npgjax.status import Status, describe_status, diagnostics
 from npgjax.steps import LineSearchInfo, backtracking_line_search, trust_region_scale
-from npgjax.transforms import (
-    PreconditionByFisherState,
+from npgjax.transforms import PreconditionByFisherState, precondition_by_fisher
+from npgjax.trust_region import (
+    KLGuardState,
     TrustRegionLineSearchState,
+    kl_guard,
     mean_kl,
-    npg,
-    precondition_by_fisher,
-    trpo,
     trust_region_line_search,
 )
 
 __all__ = [
     "Categorical",
     "DiagGaussian",
+    "KLGuardState",
     "LineSearchInfo",
     "PreconditionByFisherState",
     "SolveInfo",
+    "Status",
     "TrustRegionLineSearchState",
     "analytic_fisher",
     "analytic_fisher_vector_product",
@@ -53,12 +56,15 @@ __all__ = [
     "damped",
     "dense_analytic_fisher",
     "dense_fisher",
+    "describe_status",
+    "diagnostics",
     "discounted_returns",
     "distribution_fisher_vector_product",
     "empirical_fisher",
     "explained_variance",
     "fisher_vector_product",
     "gae",
+    "kl_guard",
     "materialize",
     "mean_kl",
     "normalize_advantages",

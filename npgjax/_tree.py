@@ -113,7 +113,11 @@ def check_same_structure(a: PyTree, b: PyTree, a_name: str, b_name: str) -> None
 
 
 def is_concrete(x: Any) -> bool:
-    """True when x is a Python number or a concrete (non-traced) array."""
+    """True when x is a Python number or a concrete (non-traced) array.
+
+    A concrete array captured inside ``jit`` or ``lax.scan`` is concrete too: read it
+    with NumPy (:func:`host_array`), never with ``jnp`` (which would trace it).
+    """
     if isinstance(x, (int, float)):
         return True
     try:
@@ -122,15 +126,47 @@ def is_concrete(x: Any) -> bool:
         return False
 
 
-def check_positive(x: Any, name: str, allow_zero: bool = False) -> None:
-    """Raise if a concrete hyperparameter is not positive (traced values pass)."""
+def host_array(x: Any) -> np.ndarray | None:
+    """x as a NumPy array when it is concrete, else None (a tracer is never read)."""
     if x is None or not is_concrete(x):
+        return None
+    try:
+        return np.asarray(x)
+    except Exception:  # pragma: no cover - an exotic leaf that cannot be read on the host
+        return None
+
+
+def check_positive(x: Any, name: str, allow_zero: bool = False) -> None:
+    """Raise if a concrete hyperparameter is not positive and finite (traced values pass)."""
+    host = host_array(x)
+    if host is None or host.size != 1:
         return
-    v = float(np.asarray(x))
+    v = float(host.reshape(()))
     bad = (v < 0) if allow_zero else (v <= 0)
-    if bad or v != v:
+    if bad or not np.isfinite(v):
         need = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be {need}, got {v}.")
+        raise ValueError(f"{name} must be finite and {need}, got {v}.")
+
+
+def check_all_finite(tree: PyTree, name: str) -> None:
+    """Raise naming the leaf if a concrete float leaf has a NaN or inf (tracers pass)."""
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        host = host_array(x)
+        if host is None or not np.issubdtype(host.dtype, np.inexact):
+            continue
+        if not np.all(np.isfinite(host)):
+            raise ValueError(
+                f"{name} has a NaN or infinite value at {jax.tree_util.keystr(path)}."
+            )
+
+
+def check_state(state: Any, cls: type, where: str) -> None:
+    """Raise a clear error when ``update`` gets something other than ``init``'s state."""
+    if not isinstance(state, cls):
+        raise ValueError(
+            f"{where}: update got a state of type {type(state).__name__}, not "
+            f"{cls.__name__}; call state = tx.init(params) first and pass it to tx.update."
+        )
 
 
 def check_log_probs(logp: Any, where: str) -> int:
@@ -145,10 +181,31 @@ def check_log_probs(logp: Any, where: str) -> int:
 
 
 def check_mask(mask: Any, shape: tuple[int, ...], where: str) -> None:
-    if mask is not None and jnp.shape(mask) != tuple(shape):
+    """Check a sample mask's shape and, when concrete, that it is finite and >= 0."""
+    if mask is None:
+        return
+    if jnp.shape(mask) != tuple(shape):
         raise ValueError(
             f"{where}: mask has shape {jnp.shape(mask)} but the samples have shape {tuple(shape)}."
         )
+    host = host_array(mask)
+    if host is not None and host.size:
+        m = host.astype(np.float64)
+        if not np.all(np.isfinite(m)) or np.any(m < 0):
+            raise ValueError(
+                f"{where}: mask weights must be finite and non-negative; got min {m.min()}, "
+                f"max {m.max()}."
+            )
+
+
+def mask_is_valid(mask: Any) -> Array:
+    """Traced check: every mask weight finite and non-negative (True for no mask)."""
+    if mask is None:
+        return jnp.asarray(True)
+    m = jnp.asarray(mask)
+    if not jnp.issubdtype(m.dtype, jnp.inexact):
+        return jnp.all(m >= 0)
+    return jnp.all(jnp.isfinite(m) & (m >= 0))
 
 
 def sample_weights(mask: Array | None, shape: tuple[int, ...], dtype: Any) -> Array:

@@ -20,9 +20,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from npgjax._tree import host_array
+
 Array = jax.Array
 
 __all__ = ["Categorical", "DiagGaussian", "distribution_fisher_vector_product"]
+
+
+def _check_actions(host: np.ndarray, n_act: int) -> None:
+    inexact = np.issubdtype(host.dtype, np.inexact)
+    if inexact and (not np.all(np.isfinite(host)) or np.any(host != np.floor(host))):
+        raise ValueError(
+                "Categorical.log_prob: actions must be integers; got non-integer values "
+                f"such as {host[(host != np.floor(host)) | ~np.isfinite(host)].flat[0]}."
+            )
+    lo, hi = host.min(), host.max()
+    if lo < 0 or hi >= n_act:
+        raise ValueError(
+            f"Categorical.log_prob: actions must lie in [0, {n_act}); got values from "
+            f"{lo} to {hi}."
+        )
 
 
 @jax.tree_util.register_pytree_node_class
@@ -77,23 +94,32 @@ class Categorical:
         return jax.nn.softmax(self.logits, axis=-1)
 
     def log_prob(self, actions: Array) -> Array:
-        """log pi(a) for integer actions of shape ``batch_shape``."""
+        """log pi(a) for integer actions of shape ``batch_shape``.
+
+        Actions must be integers in ``[0, A)`` (integer-valued floats are accepted).
+        Outside ``jit`` anything else raises ``ValueError``; under ``jit`` the log-prob
+        of such an action is NaN, and so is its gradient, so that npgjax's transforms
+        return a zero update with a flag instead of silently using a wrong action (a
+        ``-1`` would otherwise index the last action).
+        """
+        n_act = self.logits.shape[-1]
+        host = host_array(actions)
         actions = jnp.asarray(actions)
         if actions.shape != self.batch_shape:
             raise ValueError(
                 f"Categorical.log_prob: actions have shape {actions.shape} but the "
                 f"distribution has batch shape {self.batch_shape}."
             )
-        if not isinstance(actions, jax.core.Tracer) and actions.size:
-            host = np.asarray(actions)
-            lo, hi = int(host.min()), int(host.max())
-            if lo < 0 or hi >= self.logits.shape[-1]:
-                raise ValueError(
-                    f"Categorical.log_prob: actions must lie in [0, {self.logits.shape[-1]}); "
-                    f"got values from {lo} to {hi}."
-                )
-        lp = self.log_probs
-        return jnp.take_along_axis(lp, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        if host is not None and host.size:
+            _check_actions(host, n_act)
+        if jnp.issubdtype(actions.dtype, jnp.inexact):
+            valid = (actions == jnp.floor(actions)) & (actions >= 0) & (actions < n_act)
+        else:
+            valid = (actions >= 0) & (actions < n_act)
+        idx = jnp.where(valid, actions, 0).astype(jnp.int32)
+        lp = jnp.take_along_axis(self.log_probs, idx[..., None], axis=-1)[..., 0]
+        # Times NaN (not a where): the NaN reaches the gradient and the Fisher too.
+        return lp * jnp.where(valid, 1.0, jnp.nan).astype(lp.dtype)
 
     def entropy(self) -> Array:
         """Entropy per batch element."""
@@ -185,17 +211,23 @@ class DiagGaussian:
         return jnp.exp(self.log_std)
 
     def log_prob(self, actions: Array) -> Array:
-        """Sum over the action dimensions of the Gaussian log-density."""
+        """Sum over the action dimensions of the Gaussian log-density.
+
+        The actions set the output's shape: the distribution may broadcast against them
+        (a mean of shape ``[1, D]`` or extra leading sample axes of the actions), but the
+        actions are never broadcast, so actions ``[1, D]`` against a mean ``[N, D]``
+        raise ``ValueError`` instead of silently repeating one action ``N`` times.
+        """
         actions = jnp.asarray(actions)
         try:
             ok = actions.ndim >= 1 and actions.shape[-1] == self.mean.shape[-1]
-            jnp.broadcast_shapes(actions.shape, self.mean.shape)
+            ok = ok and jnp.broadcast_shapes(actions.shape, self.mean.shape) == actions.shape
         except ValueError:
             ok = False
         if not ok:
             raise ValueError(
                 f"DiagGaussian.log_prob: actions have shape {actions.shape}, which does not "
-                f"match the mean's shape {self.mean.shape}."
+                f"match the mean's shape {self.mean.shape} (actions are not broadcast)."
             )
         z = (actions - self.mean) * jnp.exp(-self.log_std)
         return jnp.sum(-0.5 * z**2 - self.log_std - 0.5 * math.log(2 * math.pi), axis=-1)

@@ -117,7 +117,7 @@ def fisher_vector_product(
       params: parameter pytree (the linearisation point).
       batch: batch pytree; every leaf has leading axis ``N``.
       damping: :math:`\lambda \ge 0`.
-      mask: optional ``[N]`` sample mask (padding samples get 0).
+      mask: optional ``[N]`` sample mask (padding samples get 0); finite and >= 0.
       centered: subtract the mean score.
 
     Returns:
@@ -172,6 +172,20 @@ def _analytic_weights(
     return m / batch_shape[0]
 
 
+def _check_batch_axis(batch: PyTree, bshape: tuple[int, ...]) -> None:
+    # An action of shape [1, D] next to N observations would broadcast silently.
+    if not bshape:
+        return
+    for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
+        shape = jnp.shape(leaf)
+        if shape and shape[0] != bshape[0]:
+            raise ValueError(
+                f"analytic_fisher_vector_product: batch leaf {jax.tree_util.keystr(path)} "
+                f"has shape {shape}, but the distribution has batch shape {bshape}; every "
+                f"batch leaf needs leading axis {bshape[0]}."
+            )
+
+
 def analytic_fisher_vector_product(
     dist_fn: DistFn,
     params: PyTree,
@@ -201,11 +215,15 @@ def analytic_fisher_vector_product(
       params: parameter pytree.
       batch: batch pytree.
       damping: :math:`\lambda \ge 0`.
-      mask: optional mask of the distribution's batch shape.
+      mask: optional mask of the distribution's batch shape (finite, >= 0).
       per: ``"step"`` or ``"trajectory"``.
 
     Returns:
       ``fvp(v)``.
+
+    Raises:
+      ValueError: if a batch leaf's leading axis differs from the distribution's
+        (e.g. actions ``[1, D]`` next to ``N`` observations), or for a bad mask.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -219,6 +237,7 @@ def analytic_fisher_vector_product(
     dist0, jvp_fn = jax.linearize(lambda p: dist_fn(p, batch), params)
     vjp_fn = jax.linear_transpose(jvp_fn, params)
     bshape = _batch_shape(dist0)
+    _check_batch_axis(batch, bshape)
     check_mask(mask, bshape, "analytic_fisher_vector_product")
     dtype = jnp.result_type(*jax.tree.leaves(dist0))
     w = _analytic_weights(bshape, mask, per, dtype)
