@@ -37,7 +37,7 @@ from npgjax._tree import (
 )
 from npgjax.fisher import fisher_vector_product
 from npgjax.scores import num_samples, score_matrix
-from npgjax.solvers import SolveInfo, cholesky_solve
+from npgjax.solvers import SolveInfo
 
 Array = jax.Array
 PyTree = Any
@@ -60,12 +60,24 @@ def _scaled_scores(S: Array, mask: Array | None, centered: bool) -> Array:
     return S * jnp.sqrt(w)[:, None]
 
 
+# One matrix at a time under vmap: jaxlib's batched LAPACK kernels on the CPU can
+# deadlock a small thread pool (see the README's Known issues and npgjax.solvers).
+@jax.custom_batching.sequential_vmap
+def _cholesky(A: Array) -> Array:
+    return jnp.linalg.cholesky(A)
+
+
+@jax.custom_batching.sequential_vmap
+def _cho_solve(L: Array, b: Array) -> Array:
+    return jax.scipy.linalg.cho_solve((L, True), b)
+
+
 def _dual_solve(S: Array, g: Array, lam: Array) -> Array:
     """Woodbury, with one step of iterative refinement on the ``P``-space residual."""
-    K = jnp.dot(S, S.T, precision=_HI) + lam * jnp.eye(S.shape[0], dtype=S.dtype)
+    L = _cholesky(jnp.dot(S, S.T, precision=_HI) + lam * jnp.eye(S.shape[0], dtype=S.dtype))
 
     def solve(r: Array) -> Array:
-        z, _ = cholesky_solve(K, jnp.dot(S, r, precision=_HI))
+        z = _cho_solve(L, jnp.dot(S, r, precision=_HI))
         return (r - jnp.dot(z, S, precision=_HI)) / lam
 
     x = solve(g)
@@ -76,8 +88,7 @@ def _dual_solve(S: Array, g: Array, lam: Array) -> Array:
 def _primal_solve(S: Array, g: Array, lam: Array) -> Array:
     """Dense ``P x P`` solve, for ``N >= P`` (exact also without damping)."""
     A = jnp.dot(S.T, S, precision=_HI) + lam * jnp.eye(S.shape[1], dtype=S.dtype)
-    x, _ = cholesky_solve(A, g)
-    return x
+    return _cho_solve(_cholesky(A), g)
 
 
 def _check_inputs(log_prob_fn, params, batch, grads, damping, mask) -> tuple[int, int]:
@@ -123,14 +134,14 @@ def sample_space_natural_gradient(
     by Cholesky (one matrix at a time under ``vmap``), followed by one step of iterative
     refinement in parameter space, so the result is exact for any ``grads``. When
     ``N >= P`` the ``P x P`` system :math:`\hat S^\top \hat S + \lambda I` is solved
-    instead, which is also exact for ``damping=0`` if :math:`F` has full rank (a
-    singular one gets the pseudo-inverse solution).
+    instead, which is also exact for ``damping=0`` if :math:`F` has full rank.
 
     Cost: ``N`` per-sample gradients (the ``N x P`` score matrix is held; ``chunk_size``
     caps the activations computed at once), :math:`O(N^2 P)` for the Gram matrix,
     :math:`O(N^3)` for the factorisation, and one Fisher-vector product for the
-    reported residual. If the solve is not finite (e.g. a traced ``damping`` of 0 with
-    ``N < P``), ``x`` is zero and ``converged`` is False; it is never NaN.
+    reported residual. If the solve is not finite (a traced ``damping`` of 0 with
+    ``N < P``, or a singular undamped Fisher), ``x`` is zero and ``converged`` is False;
+    it is never NaN.
 
     Args:
       log_prob_fn: ``log_prob_fn(params, batch) -> [N]`` (per step or per trajectory,
