@@ -333,7 +333,7 @@ def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
     for c in range(n_chunks):
         t = time.perf_counter()
         state, m = chunk_c(state)
-        ret = np.asarray(m["return"], np.float64)[0]  # one seed; waits for the chunk
+        ret = np.asarray(m["train_return"], np.float64)[0]  # one seed; waits for the chunk
         chunk_s.append(time.perf_counter() - t)
         returns.extend(float(r) for r in ret)
         i = first_crossing(ret, spec["target"])
@@ -386,7 +386,7 @@ def worker_npgjax_vmap(spec: dict[str, Any]) -> dict[str, Any]:
     compile_s = time.time() - t_c0
     t = time.perf_counter()
     _, metrics = train_c(keys)
-    returns = np.asarray(metrics["return"], np.float64)  # [seeds, updates]; waits
+    returns = np.asarray(metrics["train_return"], np.float64)  # [seeds, updates]; waits
     run_s = time.perf_counter() - t
     B = config.batch_size
     crossings = [first_crossing(row, spec["target"]) for row in returns]

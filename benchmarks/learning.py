@@ -34,7 +34,7 @@ def run(env: str, algo: str, seeds: int, steps: int) -> dict:
     compiled = train.lower(keys).compile()
     t1 = time.perf_counter()
     _, m = compiled(keys)
-    ret = np.asarray(jax.block_until_ready(m["return"]))
+    ret = np.asarray(jax.block_until_ready(m["train_return"]))
     t2 = time.perf_counter()
     env_steps = np.asarray(m["env_steps"][0])
     target = TARGETS[env]

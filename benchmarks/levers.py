@@ -52,7 +52,7 @@ def run(overrides: dict[str, Any], seeds: int) -> dict[str, Any]:
     train = jax.jit(jax.vmap(make_train(config))).lower(keys).compile()
     t = time.perf_counter()
     _, m = train(keys)
-    ret = np.asarray(m["return"])  # waits
+    ret = np.asarray(m["train_return"])  # waits
     train_s = time.perf_counter() - t
     B = config.batch_size
     cross = [int((np.argmax(r >= TARGET) + 1) * B) if np.any(r >= TARGET) else None

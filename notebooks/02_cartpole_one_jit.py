@@ -97,8 +97,8 @@ print(f"{total_steps:,} environment steps in total, {total_steps / run_s:,.0f} s
 # %%
 metrics = jax.tree.map(np.asarray, metrics)
 print(sorted(metrics))
-print("shape of metrics['return']:", metrics["return"].shape)
-final = metrics["return"][:, -1]
+print("shape of metrics['train_return']:", metrics["train_return"].shape)
+final = metrics["train_return"][:, -1]
 print("final return per seed:", np.round(final, 1))
 print(f"mean {final.mean():.1f}, min {final.min():.1f}, max {final.max():.1f}")
 
@@ -107,10 +107,10 @@ steps = metrics["env_steps"][0]
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
 
 ax = axes[0]
-for r in metrics["return"]:
+for r in metrics["train_return"]:
     ax.plot(steps, r, color="tab:blue", alpha=0.3, lw=1)
-mean = np.nanmean(metrics["return"], 0)
-lo, hi = np.nanpercentile(metrics["return"], [25, 75], axis=0)
+mean = np.nanmean(metrics["train_return"], 0)
+lo, hi = np.nanpercentile(metrics["train_return"], [25, 75], axis=0)
 ax.fill_between(steps, lo, hi, color="tab:blue", alpha=0.2, label="interquartile range")
 ax.plot(steps, mean, color="tab:blue", lw=2.5, label=f"mean of {NUM_SEEDS} seeds")
 ax.axhline(500, color="k", ls=":", lw=1)

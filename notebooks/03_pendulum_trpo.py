@@ -88,7 +88,7 @@ for algo, config in configs.items():
     )
 
 for algo, m in metrics.items():
-    print(f"{algo}: final return per seed {np.round(m['return'][:, -1], 1)}")
+    print(f"{algo}: final return per seed {np.round(m['train_return'][:, -1], 1)}")
 
 # %% [markdown]
 # ## The KL of each update
@@ -128,7 +128,7 @@ colors = {"trpo": "tab:purple", "npg": "tab:orange"}
 
 ax = axes[0, 0]
 for algo, m in metrics.items():
-    r = m["return"]
+    r = m["train_return"]
     some = ~np.all(np.isnan(r), 0)  # the first update may end no episode
     ax.plot(
         steps[some], np.nanmean(r[:, some], 0), color=colors[algo], lw=2, label=f"{algo} (mean)"

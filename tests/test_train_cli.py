@@ -45,7 +45,7 @@ def test_outputs(runs):
     assert len(rows) == SEEDS * UPDATES
     cols = list(rows[0])
     assert cols[:3] == ["seed", "update", "env_steps"]
-    for key in ("return", "kl", "predicted_kl", "entropy", "value_loss",
+    for key in ("train_return", "eval_return", "kl", "predicted_kl", "entropy", "value_loss",
                 "explained_variance", "cg_residual", "ls_tries"):
         assert key in cols
     assert [(r["seed"], r["update"]) for r in rows] == [
@@ -62,13 +62,13 @@ def test_outputs(runs):
 
     ckpt = pickle.loads((full / "checkpoint.pkl").read_bytes())
     assert ckpt["chunks_done"] == UPDATES // 2 and ckpt["chunk_updates"] == 2
-    assert ckpt["metrics"]["return"].shape == (SEEDS, UPDATES)
+    assert ckpt["metrics"]["train_return"].shape == (SEEDS, UPDATES)
 
 
 def test_resume_gives_identical_metrics(runs):
     full, split, stopped = runs
     assert stopped["chunks_done"] == 2
-    assert stopped["metrics"]["return"].shape == (SEEDS, 4)
+    assert stopped["metrics"]["train_return"].shape == (SEEDS, 4)
     assert (split / "metrics.csv").read_text() == (full / "metrics.csv").read_text()
 
 
@@ -148,7 +148,7 @@ def test_corrupt_exported_chunk_is_replaced(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from npgjax.train import _exported_chunk
+    from npgjax.cli.compile import _exported_chunk
 
     path = tmp_path / "x.jaxexport"
     path.write_bytes(b"not an export")

@@ -1,0 +1,161 @@
+"""Ahead-of-time compilation of training, with a cache of the traced chunk (``jax.export``)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import importlib.metadata
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["compile_training", "enable_compile_cache"]
+
+# Compiled (init, chunk) pairs of this process, keyed by (config, seeds, K): repeated
+# main() calls in one process (tests, notebooks) reuse them instead of compiling again.
+_COMPILED: dict[tuple[Any, int, int], tuple[Any, Any, float, float]] = {}
+_COMPILED_MAX = 4
+
+def enable_compile_cache() -> str:
+    """Turn on JAX's persistent compilation cache; returns its directory."""
+    import jax
+
+    path = os.path.expanduser(
+        os.environ.get("NPGJAX_CACHE_DIR", os.path.join("~", ".cache", "npgjax", "jax"))
+    )
+    for name, value in (
+        ("jax_compilation_cache_dir", path),
+        ("jax_persistent_cache_min_compile_time_secs", 0),
+        ("jax_persistent_cache_min_entry_size_bytes", 0),
+    ):
+        with contextlib.suppress(AttributeError, KeyError, ValueError, TypeError):
+            jax.config.update(name, value)
+    return path
+
+
+_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+_EXPORT_SUBDIR = "npgjax-export"
+
+
+def _export_path(export_dir: str, config: Any, keys: Any, chunk: int) -> Path:
+    """Where the exported chunk for this config, device, code and versions lives."""
+    import jax
+
+    versions = []
+    for name in ("jax", "jaxlib", "flax", "optax", "chex", "gymnax"):
+        try:
+            versions.append(importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(None)
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted(root.rglob("*.py")):  # any change to npgjax's code invalidates it
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    device = jax.devices()[0]
+    h.update(repr((config, tuple(keys.shape), str(keys.dtype), chunk, versions,
+                   device.platform, device.device_kind)).encode())
+    return Path(export_dir) / _EXPORT_SUBDIR / f"{h.hexdigest()[:40]}.jaxexport"
+
+
+def _exported_chunk(flat_chunk: Any, leaves: list[Any], path: Path | None) -> tuple[Any, str]:
+    """``jax.export`` of the chunk: read from ``path``, else traced (and saved there)."""
+    import jax
+    from jax import export
+
+    if path is not None and path.exists():
+        try:
+            return export.deserialize(bytearray(path.read_bytes())), "loaded"
+        except Exception:  # corrupt or unreadable (e.g. flatbuffers missing): re-export
+            pass
+    try:
+        exp = export.export(jax.jit(flat_chunk))(*leaves)
+    except Exception:  # something jax.export does not support: plain jit
+        return None, "off"
+    if path is None:
+        return exp, "traced"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(exp.serialize())
+        os.replace(tmp, path)
+        return exp, "saved"
+    except (ImportError, OSError):
+        return exp, "traced"
+
+
+def compile_training(
+    trainer: Any, keys: Any, chunk: int, export_dir: str | None = None
+) -> tuple[Any, Any, float, float, bool]:
+    """Compile ``vmap(trainer.init)`` and a ``chunk``-update ``lax.scan``, ahead of time.
+
+    This is how the command line compiles. The chunk goes through ``jax.export``; with
+    ``export_dir`` the exported program is saved there and read back by later processes
+    with the same config, seed count, chunk, device, package versions and npgjax source,
+    which then skip tracing and lowering it (about 1 s of a warm start). Both programs
+    are then compiled by XLA side by side, ``init`` without LLVM optimisation (it runs
+    once). Results are memoised in this process per ``(config, seeds, chunk)``.
+
+    Args:
+      trainer: from :func:`npgjax.rl.make_trainer`.
+      keys: PRNG keys ``[seeds, 2]``; the executables take keys (init) and states (chunk)
+        batched over seeds.
+      chunk: updates per call of the chunk.
+      export_dir: directory for exported chunks (the CLI uses its compilation-cache
+        directory), or None to keep them in memory only.
+
+    Returns:
+      ``(init, run_chunk, tracing seconds, XLA seconds, memoised)``: ``init(keys) ->
+      state`` and ``run_chunk(state, start) -> (state, metrics)``, ``start`` being the
+      index of the chunk's first update (it decides where the evaluation runs). The
+      XLA seconds include reading JAX's persistent compilation cache when it is on;
+      ``run_chunk.export`` says whether the exported chunk was ``"loaded"``,
+      ``"saved"``, ``"traced"`` (not saved) or ``"off"`` (jax.export failed; plain jit).
+    """
+    import jax
+
+    config = trainer.config
+    memo_key = (config, int(keys.shape[0]), chunk)
+    if memo_key in _COMPILED:
+        init_c, chunk_c, _, _ = _COMPILED[memo_key]
+        return init_c, chunk_c, 0.0, 0.0, True
+
+    from npgjax.rl.trainer import run_updates
+
+    t0 = time.perf_counter()
+    init_lowered = jax.jit(jax.vmap(trainer.init)).lower(keys)
+    leaves, treedef = jax.tree.flatten(init_lowered.out_info)
+    start_info = jax.ShapeDtypeStruct((), jax.numpy.int32)
+
+    def flat_chunk(start: Any, *flat: Any) -> Any:
+        state, metrics = jax.vmap(lambda s: run_updates(trainer, s, start, chunk))(
+            jax.tree.unflatten(treedef, flat))
+        return tuple(jax.tree.leaves(state)), metrics
+
+    path = None if export_dir is None else _export_path(export_dir, config, keys, chunk)
+    exported, how = _exported_chunk(flat_chunk, [start_info, *leaves], path)
+    chunk_lowered = jax.jit(exported.call if exported is not None else flat_chunk).lower(
+        start_info, *leaves
+    )
+    t1 = time.perf_counter()
+    # XLA compiles the two side by side (it releases the GIL); init runs once, so it is
+    # compiled without LLVM optimisation, which halves its compile time.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        init_future = pool.submit(init_lowered.compile, _INIT_COMPILER_OPTIONS)
+        flat_c = chunk_lowered.compile()
+        init_c = init_future.result()
+    t2 = time.perf_counter()
+
+    def chunk_c(state: Any, start: int) -> Any:
+        flat, metrics = flat_c(jax.numpy.int32(start), *jax.tree.leaves(state))
+        return jax.tree.unflatten(treedef, flat), metrics
+
+    chunk_c.export = how  # type: ignore[attr-defined]
+    while len(_COMPILED) >= _COMPILED_MAX:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[memo_key] = (init_c, chunk_c, t1 - t0, t2 - t1)
+    return init_c, chunk_c, t1 - t0, t2 - t1, False
+
+

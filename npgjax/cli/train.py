@@ -1,0 +1,281 @@
+"""``python -m npgjax.train``: parse, compile, run the chunks, save, report.
+
+Trains one algorithm on one gymnax environment for several seeds at once (the seeds are
+vmapped), in jitted chunks of updates. Between chunks it writes the metrics, a summary
+and a checkpoint, so an interrupted run can be continued with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from npgjax.cli import io
+from npgjax.cli.args import build_parser, choose_chunk_updates, parse_pairs, parse_set
+from npgjax.cli.report import fmt, nan_stats, print_result, summarize
+
+__all__ = ["main"]
+
+
+@dataclasses.dataclass
+class _Run:
+    """What changes while the command runs."""
+
+    args: argparse.Namespace
+    config: Any
+    out: Path
+    chunk: int
+    target: float | None
+    chunks_done: int = 0
+    metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    times: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    sessions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    state: Any = None
+
+    @property
+    def n_chunks(self) -> int:
+        return self.config.num_updates // self.chunk
+
+    def header(self, device: Any) -> dict[str, Any]:
+        a = self.args
+        return {"env": self.config.env_name, "algo": self.config.algo, "seeds": a.seeds,
+                "seed": a.seed, "complete": self.chunks_done == self.n_chunks,
+                "chunk_updates": self.chunk, "chunks_done": self.chunks_done,
+                "sessions": self.sessions, "device": device,
+                "config": io.config_dict(self.config)}
+
+
+def _config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+    from npgjax.rl.configs import get_config
+
+    try:
+        overrides = parse_set(args.overrides)
+        if args.total_timesteps is not None:
+            if "total_timesteps" in overrides:
+                raise ValueError("give --total-timesteps or --set total_timesteps, not both")
+            overrides["total_timesteps"] = args.total_timesteps
+        env_kwargs = parse_pairs(args.env_kwargs, "--env-kwargs")
+        env_params = parse_pairs(args.env_params, "--env-params") or None
+        return get_config(args.env, args.algo, env_kwargs=env_kwargs, env_params=env_params,
+                          **overrides)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _check_resume(ckpt: dict[str, Any], expect: dict[str, Any], out: Path) -> str | None:
+    """A message listing what differs between the checkpoint and this run, or None."""
+    diffs = []
+    for key in ("seeds", "seed", "chunk_updates"):
+        if ckpt.get(key) != expect[key]:
+            diffs.append(f"{key}: checkpoint {ckpt.get(key)!r}, now {expect[key]!r}")
+    old, new = ckpt.get("config", {}), expect["config"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            diffs.append(f"{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+    if not diffs:
+        return None
+    return (f"--resume: the checkpoint in {out} was made with different options "
+            f"({'; '.join(diffs)}); rerun with the same options or use another --out")
+
+
+def _resume(run: _Run, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    path = run.out / "checkpoint.pkl"
+    if not path.exists():
+        parser.error(f"--resume: no checkpoint at {path}")
+    try:
+        ckpt = io.load_checkpoint(path)
+    except ValueError as e:
+        parser.error(f"--resume: {e}")
+    cfg = json.loads(json.dumps(io.jsonable(io.config_dict(run.config))))
+    msg = _check_resume(ckpt, {"seeds": run.args.seeds, "seed": run.args.seed,
+                               "chunk_updates": run.chunk, "config": cfg}, run.out)
+    if msg:
+        parser.error(msg)
+    run.chunks_done = int(ckpt["chunks_done"])
+    run.metrics = {k: np.asarray(v) for k, v in ckpt["metrics"].items()}
+    run.times = np.asarray(ckpt["times"], np.float64)
+    run.sessions = list(ckpt["sessions"])
+    return ckpt
+
+
+def _save(run: _Run, device: dict[str, Any], session: dict[str, Any], t_start: float) -> None:
+    import jax
+
+    session["wall_time_s"] = time.perf_counter() - t_start
+    io.write_csv(run.out / "metrics.csv", run.metrics)
+    summary = summarize(run.header(device), run.config, run.metrics, run.times, run.target)
+    io.atomic_write(run.out / "summary.json",
+                    (json.dumps(io.jsonable(summary), indent=2) + "\n").encode())
+    cfg = json.loads(json.dumps(io.jsonable(io.config_dict(run.config))))
+    io.save_checkpoint(run.out / "checkpoint.pkl", {
+        "state": jax.device_get(run.state), "chunks_done": run.chunks_done,
+        "chunk_updates": run.chunk, "seeds": run.args.seeds, "seed": run.args.seed,
+        "metrics": run.metrics, "times": run.times, "sessions": run.sessions, "config": cfg})
+
+
+def _progress_bar(run: _Run) -> Any:
+    if run.args.no_progress or run.chunks_done >= run.n_chunks:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    B = run.config.batch_size
+    return tqdm(total=run.config.num_updates * B, initial=run.chunks_done * run.chunk * B,
+                unit="step", unit_scale=True, dynamic_ncols=True,
+                desc=f"{run.config.env_name} {run.config.algo}", smoothing=0.1)
+
+
+def _loop(run: _Run, chunk_fn: Any, session: dict[str, Any], save: Any) -> tuple[bool, bool]:
+    """Run the remaining chunks; returns ``(interrupted, stopped)``."""
+    import jax
+
+    bar, K = _progress_bar(run), run.chunk
+    train_before = sum(s["train_time_s"] for s in run.sessions)
+    try:
+        done_now = 0
+        while run.chunks_done < run.n_chunks:
+            if run.args.stop_after_chunks is not None and done_now >= run.args.stop_after_chunks:
+                return False, True
+            t0 = time.perf_counter()
+            new_state, m = chunk_fn(run.state, run.chunks_done * K)
+            m = jax.device_get(jax.block_until_ready(m))
+            run.state = new_state  # only now: an interrupt above leaves state and metrics in step
+            dt = time.perf_counter() - t0
+            run.times = np.concatenate([run.times, train_before + session["train_time_s"]
+                                        + dt * np.arange(1, K + 1) / K])
+            session["train_time_s"] += dt
+            session["updates"] += K
+            run.metrics = {k: (np.concatenate([run.metrics[k], np.asarray(v)], axis=1)
+                               if run.metrics else np.asarray(v)) for k, v in m.items()}
+            run.chunks_done += 1
+            done_now += 1
+            save()
+            if bar is not None:
+                ret, _ = nan_stats(np.asarray(m["train_return"][:, -1], np.float64))
+                kl, _ = nan_stats(np.asarray(m["kl"][:, -1], np.float64))
+                bar.set_postfix_str(f"return={fmt(float(ret))} kl={fmt(float(kl), '.4f')}",
+                                    refresh=False)
+                bar.update(K * run.config.batch_size)
+    except KeyboardInterrupt:
+        return True, False
+    finally:
+        if bar is not None:
+            bar.close()
+    return False, False
+
+
+def _plots(run: _Run) -> list[str]:
+    if run.args.no_plot:
+        return []
+    try:
+        from npgjax.cli.plots import plot_diagnostics, plot_learning_curve
+
+        plot_learning_curve(run.out / "learning_curve.png", run.metrics, run.config, run.target)
+        plot_diagnostics(run.out / "diagnostics.png", run.metrics, run.config)
+    except ImportError:
+        print("  (matplotlib is not installed: no figures; pip install 'npgjax[train]')")
+        return []
+    return ["learning_curve.png", "diagnostics.png"]
+
+
+def _target(args: argparse.Namespace, config: Any) -> float | None:
+    from npgjax.rl.envs import default_target
+
+    if args.target is None:
+        return default_target(config.env)
+    return None if args.target == "none" else float(args.target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (argument errors exit with 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    t_start = time.perf_counter()
+    config = _config_from_args(args, parser)
+
+    from npgjax.cli.compile import compile_training, enable_compile_cache
+
+    cache_dir = None if args.no_compile_cache else enable_compile_cache()
+
+    import jax
+
+    from npgjax.rl.trainer import make_trainer
+
+    try:
+        trainer = make_trainer(config)
+    except (ValueError, TypeError) as e:
+        parser.error(f"{config.env_name}: {e}")
+    out = Path(args.out if args.out is not None
+               else os.path.join("runs", f"{config.env_name}-{config.algo}"))
+    run = _Run(args, config, out, choose_chunk_updates(config.num_updates, args.chunk_updates),
+               _target(args, config))
+    ckpt = _resume(run, parser) if args.resume else None
+    out.mkdir(parents=True, exist_ok=True)
+
+    keys = jax.random.split(jax.random.PRNGKey(args.seed), args.seeds)
+    chunk_fn, t_trace, t_xla, memo = None, 0.0, 0.0, False
+    if run.chunks_done < run.n_chunks:  # nothing to compile when resuming a finished run
+        init_fn, chunk_fn, t_trace, t_xla, memo = compile_training(trainer, keys, run.chunk,
+                                                                   cache_dir)
+    # A resumed state goes through the same compiled chunk as a fresh one: the PRNG key
+    # lives in the state, so the continuation is bit-identical to an uninterrupted run.
+    run.state = jax.tree.map(jax.numpy.asarray, ckpt["state"]) if ckpt else init_fn(keys)
+    dev = jax.devices()[0]
+    device = {"platform": dev.platform, "device_kind": dev.device_kind,
+              "num_devices": jax.device_count(), "cpu_count": os.cpu_count()}
+    _announce(run, chunk_fn, t_trace, t_xla, memo, cache_dir, dev, ckpt is not None)
+
+    session = {"compile_time_s": t_trace + t_xla, "train_time_s": 0.0, "wall_time_s": 0.0,
+               "updates": 0, "export": getattr(chunk_fn, "export", None)}
+    run.sessions.append(session)
+
+    def save() -> None:
+        _save(run, device, session, t_start)
+
+    interrupted, stopped = _loop(run, chunk_fn, session, save)
+    files = ["metrics.csv", "summary.json", "checkpoint.pkl"]
+    if run.metrics:
+        save()  # final timings
+        files += _plots(run)
+    if interrupted or stopped:
+        print(f"{'interrupted' if interrupted else 'stopped'} after {run.chunks_done}/"
+              f"{run.n_chunks} chunks ({run.chunks_done * run.chunk}/{config.num_updates} "
+              f"updates); the checkpoint is in {out}; continue with the same options and "
+              "--resume")
+        return 130 if interrupted else 0
+    print_result(summarize(run.header(device), config, run.metrics, run.times, run.target),
+                 config, out, files)
+    return 0
+
+
+def _announce(run: _Run, chunk_fn: Any, t_trace: float, t_xla: float, memo: bool,
+              cache_dir: str | None, dev: Any, resumed: bool) -> None:
+    cfg, S = run.config, run.args.seeds
+    print(f"npgjax-train: {cfg.env_name} / {cfg.algo}, {S} seed{'s' * (S > 1)}, "
+          f"{cfg.num_updates} updates of {cfg.batch_size} env steps "
+          f"({cfg.num_updates * cfg.batch_size:,} per seed), {run.n_chunks} chunks of "
+          f"{run.chunk}")
+    if chunk_fn is not None:
+        print(f"  compile: {t_trace + t_xla:.1f} s (tracing {t_trace:.1f} s + XLA "
+              f"{t_xla:.1f} s)" + (" [reused in this process]" if memo else "")
+              + (" [exported chunk read from the cache]"
+                 if getattr(chunk_fn, "export", "") == "loaded" else "")
+              + (f"; cache {cache_dir}" if cache_dir else "")
+              + f"; device {dev.platform} ({dev.device_kind})")
+    if run.target is None:
+        print(f"  no target: none known for {cfg.env_name} (pass --target R to time one)")
+    if resumed:
+        print(f"  resuming from {run.out / 'checkpoint.pkl'}: {run.chunks_done}/"
+              f"{run.n_chunks} chunks done")
+    elif (run.out / "checkpoint.pkl").exists():
+        print(f"  note: replacing the earlier run in {run.out} (--resume would continue it)")
+    sys.stdout.flush()

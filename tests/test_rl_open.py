@@ -1,0 +1,153 @@
+"""The open RL layer: any environment, networks, evaluation inside training, options."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from npgjax.rl import (
+    SOLVED_RETURNS,
+    default_target,
+    get_config,
+    make_env,
+    make_networks,
+    make_train,
+    make_trainer,
+    run_updates,
+)
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+
+
+def _doc_namespace(page: str) -> dict:
+    """Execute the python blocks of a docs page in order, return their namespace."""
+    text = (DOCS / page).read_text()
+    ns: dict = {}
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+        exec(compile(block, page, "exec"), ns)
+    return ns
+
+
+def test_own_environment_howto_learns_the_corridor():
+    """The how-to's Corridor subclass trains; the deterministic policy walks to the exit."""
+    ns = _doc_namespace("howto/own-environment.md")
+    ev = np.asarray(ns["metrics"]["eval_return"])
+    assert ev.shape == (4, ns["config"].num_updates)
+    np.testing.assert_allclose(ev[:, -1], 0.9, atol=1e-5)  # 6 steps right: 1 - 5 * 0.02
+    # Evaluations run every 4 updates and after the last one, NaN in between.
+    finite = np.isfinite(ev[0])
+    expect = (np.arange(1, ev.shape[1] + 1) % 4 == 0) | (np.arange(1, ev.shape[1] + 1)
+                                                          == ev.shape[1])
+    np.testing.assert_array_equal(finite, expect)
+
+
+def test_env_object_kwargs_and_params():
+    from gymnax.environments.bsuite.deep_sea import DeepSea
+
+    cfg = get_config(DeepSea(size=6), "npg", env_params={"max_steps_in_episode": 6})
+    assert cfg.env_name == "DeepSea-bsuite" and cfg.env_params == (("max_steps_in_episode", 6),)
+    spec = make_env("DeepSea-bsuite", {"size": 6})
+    assert spec.obs_shape == (6, 6)
+    with pytest.raises(ValueError, match=r"unknown env kwarg.*'sise'.*size"):
+        get_config("DeepSea-bsuite", env_kwargs={"sise": 16})
+    with pytest.raises(ValueError, match=r"unknown env params field.*max_step.*valid"):
+        get_config("CartPole-v1", env_params={"max_step": 3})
+    with pytest.raises(ValueError, match="cannot build DeepSea-bsuite"):
+        get_config("DeepSea-bsuite", env_kwargs={"size": "big"})
+
+
+def test_options_belong_to_their_algorithm():
+    with pytest.raises(ValueError, match=r"'max_kl' is not used by algo 'vpg'.*npg"):
+        get_config("CartPole-v1", "vpg", max_kl=0.02)
+    with pytest.raises(ValueError, match=r"'ls_shrink' is not used by algo 'npg'.*trpo"):
+        get_config("CartPole-v1", "npg", ls_shrink=0.5)
+    with pytest.raises(ValueError, match=r"'fisher' is not used by algo 'enac'"):
+        get_config("CartPole-v1", "enac", fisher="empirical")
+    cfg = get_config("CartPole-v1", "vpg")  # env defaults for npg's options are dropped
+    assert cfg.traced == ("gamma", "gae_lambda", "vf_lr", "pi_lr")
+    with pytest.raises(AttributeError, match="max_kl"):
+        _ = cfg.max_kl
+    trpo = get_config("CartPole-v1", "trpo")
+    assert trpo.traced == ("gamma", "gae_lambda", "vf_lr", "max_kl", "damping")
+    assert trpo.replace(ls_shrink=0.5, num_envs=4).ls_shrink == 0.5
+    with pytest.raises(ValueError, match="pi_lr"):
+        trpo.replace(pi_lr=0.1)
+
+
+def test_evaluation_does_not_change_training():
+    base = dict(total_timesteps=1536, num_envs=4, num_steps=64, vf_minibatch=0, vf_epochs=2)
+    on = get_config("CartPole-v1", "trpo", eval_every=2, eval_episodes=3, **base)
+    off = on.replace(eval_every=0)
+    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+    s_on, m_on = jax.jit(jax.vmap(make_train(on)))(keys)
+    s_off, m_off = jax.jit(jax.vmap(make_train(off)))(keys)
+    assert "eval_return" not in m_off
+    # Evaluation keys are folded off the training stream, so training is the same run;
+    # the two programs compile differently, so float rounding may differ slightly.
+    for k in ("train_return", "episodes", "rollout_return", "kl", "entropy"):
+        np.testing.assert_allclose(m_on[k], m_off[k], rtol=1e-3, atol=1e-6, err_msg=k)
+    for a, b in zip(jax.tree.leaves(s_on.pi_params), jax.tree.leaves(s_off.pi_params),
+                    strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    ev = np.asarray(m_on["eval_return"])
+    assert np.all(np.isfinite(ev[:, 1::2])) and np.all(np.isnan(ev[:, 0::2][:, :-1]))
+    # The final evaluation equals an evaluation of the final state run by hand.
+    trainer = make_trainer(on)
+    last = jax.tree.map(lambda x: x[0], s_on)
+    np.testing.assert_allclose(trainer.evaluate(last)["eval_return"], ev[0, -1], rtol=1e-6)
+
+
+def test_chunks_with_evaluation_equal_one_run():
+    cfg = get_config("CartPole-v1", "npg", total_timesteps=1024, num_envs=2, num_steps=64,
+                     vf_minibatch=0, vf_epochs=2, eval_every=3, eval_episodes=2)
+    trainer = make_trainer(cfg)
+    state0 = trainer.init(jax.random.PRNGKey(0))
+    run = jax.jit(lambda s, start: run_updates(trainer, s, start, 4), static_argnums=())
+    s, a = run(state0, 0)
+    s, b = run(s, 4)
+    _, whole = jax.jit(make_train(cfg))(jax.random.PRNGKey(0))
+    for k in whole:
+        np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), whole[k], err_msg=k)
+
+
+def test_cnn_for_images_and_custom_torsos():
+    pi, vf = make_networks("auto", (10, 10, 4), 6)
+    assert type(pi).__name__ == "CNN"
+    with pytest.raises(ValueError, match=r"'cnn' needs image observations.*\(4,\)"):
+        make_networks("cnn", (4,), 2)
+    with pytest.raises(ValueError, match="policy network does not fit"):
+        make_networks("mlp", (4,), 2, policy_torso=nn.Conv(4, (3, 3)))
+    cfg = get_config("Breakout-MinAtar", "npg", total_timesteps=256, num_envs=4,
+                     num_steps=32)
+    _, m = jax.jit(make_train(cfg))(jax.random.PRNGKey(0))
+    assert np.all(np.isfinite(np.asarray(m["kl"]))) and np.asarray(m["kl"]).max() > 0
+    with pytest.raises(ValueError, match="unknown network"):
+        get_config("CartPole-v1", network="transformer")
+
+
+def test_default_targets():
+    assert default_target("Catch-bsuite") == 1.0 and SOLVED_RETURNS["CartPole-v1"] == 475
+    assert default_target("Breakout-MinAtar") is None
+
+
+def test_complete_mean_waits_for_every_seed():
+    from npgjax.cli.plots import complete_mean
+
+    y = np.array([[np.nan, 79.0, 70.0], [np.nan, np.nan, -10.0]])
+    mean, _ = complete_mean(y)
+    assert np.isnan(mean[0]) and np.isnan(mean[1]) and mean[2] == pytest.approx(30.0)
+
+
+def test_hparams_follow_the_declaration():
+    cfg = get_config("CartPole-v1", "vpg", total_timesteps=256, num_envs=2, num_steps=64)
+    trainer = make_trainer(cfg)
+    state = trainer.init(jax.random.PRNGKey(0), {"pi_lr": jnp.float32(0.1)})
+    assert set(state.hparams) == set(cfg.traced)
+    with pytest.raises(ValueError, match="max_kl"):
+        trainer.init(jax.random.PRNGKey(0), {"max_kl": 0.1})
