@@ -47,7 +47,7 @@ class Status(enum.IntFlag):
       ``x``) for a non-zero gradient, so the step follows the gradient instead,
       :math:`x = (g^\top g / g^\top (F + \lambda I) g)\, g` (CG's first iterate).
     * ``CG_INACCURATE``: the real product :math:`x^\top (F+\lambda I) x` exceeded
-      :math:`g^\top x` by more than 0.1% (they are equal in exact arithmetic); the step
+      :math:`g^\top x` by more than 10% (they are equal in exact arithmetic); the step
       was scaled with the real product, the smaller step.
     * ``KL_GUARD_SHRUNK``: the KL guard shrank the step.
     """

@@ -111,7 +111,8 @@ def backtracking_line_search(
     Tries :math:`\theta + c^k d` for :math:`k = 0, 1, \dots` with :math:`c` = ``shrink``
     and accepts the first candidate whose measured KL is at most ``max_kl`` and whose
     loss is lower than at :math:`\theta` (all finite). If every try fails, it returns
-    the old parameters unchanged, also when ``step`` has a NaN (never ``0 * NaN``).
+    the old parameters unchanged, also when ``step`` has a NaN (never ``0 * NaN``) or
+    is zero.
     With ``loss_fn=None`` only the KL is tested (a KL guard). A traced ``max_kl`` that
     is not finite and positive accepts nothing.
 
@@ -156,6 +157,10 @@ def backtracking_line_search(
     dtype = jnp.result_type(f0)
     zero = jnp.zeros((), dtype)
     valid = max_kl_is_valid(max_kl) & jnp.isfinite(f0) & tree_all_finite(step)
+    if loss_fn is not None:  # a zero step cannot improve (rounding could make it look so)
+        valid = valid & jax.tree.reduce(
+            jnp.logical_or, [jnp.any(x != 0) for x in jax.tree.leaves(step)], jnp.asarray(False)
+        )
 
     def evaluate(frac):
         cand = tree_add(params, tree_scale(frac, step))
