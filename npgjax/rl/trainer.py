@@ -28,6 +28,7 @@ from npgjax.rl.evaluation import evaluate_episodes
 from npgjax.rl.networks import make_networks
 from npgjax.rl.normalize import RunningStats, init_stats, normalize, update_stats
 from npgjax.rl.rollout import collect, record_episodes
+from npgjax.rl.state import RunnerState, Trainer
 
 Array = jax.Array
 PyTree = Any
@@ -37,66 +38,30 @@ __all__ = ["RunnerState", "Trainer", "make_train", "make_trainer", "run_updates"
 _EVAL_SALT = 0x5EED  # evaluation keys are folded from the state's key, off its stream
 
 
-class RunnerState(NamedTuple):
-    """Everything that changes during training (a pytree; checkpoint it as is).
+class _Parts(NamedTuple):
+    """The assembled pieces that ``init``, ``update`` and ``evaluate`` close over."""
 
-    Attributes:
-      pi_params: policy parameters (``{"net": flax params}`` plus ``"log_std"`` for
-        continuous actions).
-      vf_params: critic parameters.
-      vf_opt_state: the critic's adam state.
-      pi_opt_state: the algorithm's optimiser state (its diagnostics included).
-      obs_stats: running observation statistics.
-      env_state: vmapped gymnax environment states.
-      obs: current raw observations ``[num_envs, ...]``.
-      ep_return: running return of each environment's current episode.
-      ep_length: running length of each environment's current episode.
-      return_buffer: returns of the last ``return_window`` finished episodes.
-      length_buffer: their lengths.
-      num_episodes: episodes finished so far.
-      key: PRNG key (training is a deterministic function of it).
-      update: number of updates done.
-      hparams: the traced hyperparameters (``config.traced``).
-    """
-
-    pi_params: PyTree
-    vf_params: PyTree
-    vf_opt_state: PyTree
-    pi_opt_state: PyTree
-    obs_stats: RunningStats
-    env_state: PyTree
-    obs: Array
-    ep_return: Array
-    ep_length: Array
-    return_buffer: Array
-    length_buffer: Array
-    num_episodes: Array
-    key: Array
-    update: Array
-    hparams: dict[str, Array]
-
-
-class Trainer(NamedTuple):
-    """The pure pieces of training.
-
-    Attributes:
-      init: ``init(key, hparams=None) -> RunnerState``.
-      update: ``update(state) -> (state, metrics)``: one rollout, one policy step, one
-        critic fit. Scan it for many (or use :func:`run_updates`).
-      evaluate: ``evaluate(state) -> {"eval_return", "eval_length"}``: the deterministic
-        policy on ``eval_episodes`` fresh environments.
-      act: ``act(pi_params, obs_stats, obs, key=None) -> env actions``: deterministic
-        without a key, sampled with one.
-      config: the validated config.
-      env: the :class:`~npgjax.rl.EnvSpec`.
-    """
-
-    init: Callable[..., RunnerState]
-    update: Callable[[RunnerState], tuple[RunnerState, dict[str, Array]]]
-    evaluate: Callable[[RunnerState], dict[str, Array]]
-    act: Callable[..., Array]
     config: Config
-    env: EnvSpec
+    spec: EnvSpec
+    pi_net: nn.Module
+    vf_net: nn.Module
+    algo: Any
+    vf_tx: optax.GradientTransformation
+
+    def policy(self, pi_params: PyTree, obs: Array) -> Any:
+        out = self.pi_net.apply(pi_params["net"], obs)
+        return Categorical(out) if self.spec.discrete else DiagGaussian(out, pi_params["log_std"])
+
+    def value(self, vf_params: PyTree, obs: Array) -> Array:
+        return self.vf_net.apply(vf_params, obs)[..., 0]
+
+    def prep(self, stats: RunningStats, obs: Array) -> Array:
+        return normalize(stats, obs) if self.config.normalize_obs else obs
+
+    def act(self, pi_params: PyTree, stats: RunningStats, obs: Array,
+            key: Array | None = None) -> Array:
+        dist = self.policy(pi_params, self.prep(stats, obs))
+        return self.spec.to_env_action(dist.mode() if key is None else dist.sample(key))
 
 
 def make_trainer(
@@ -133,25 +98,17 @@ def make_trainer(
     pi_net, vf_net = make_networks(config.network, spec.obs_shape, spec.action_dim,
                                    hidden=config.hidden, activation=config.activation,
                                    policy_torso=policy_torso, critic_torso=critic_torso)
-    E, T = config.num_envs, config.num_steps
-    B = E * T
+    parts = _Parts(config, spec, pi_net, vf_net, None,
+                   optax.inject_hyperparams(optax.adam)(learning_rate=config.vf_lr))
+    model = PolicyModel(parts.policy, config.num_steps, config.num_envs)
+    parts = parts._replace(algo=ALGORITHMS[config.algo].build(model, config.options))
+    return Trainer(_make_init(parts), _make_update(parts), _make_evaluate(parts), parts.act,
+                   config, spec)
 
-    def policy(pi_params: PyTree, obs: Array) -> Any:
-        out = pi_net.apply(pi_params["net"], obs)
-        return Categorical(out) if spec.discrete else DiagGaussian(out, pi_params["log_std"])
 
-    def value(vf_params: PyTree, obs: Array) -> Array:
-        return vf_net.apply(vf_params, obs)[..., 0]
-
-    def prep(stats: RunningStats, obs: Array) -> Array:
-        return normalize(stats, obs) if config.normalize_obs else obs
-
-    def act(pi_params: PyTree, stats: RunningStats, obs: Array, key: Array | None = None):
-        dist = policy(pi_params, prep(stats, obs))
-        return spec.to_env_action(dist.mode() if key is None else dist.sample(key))
-
-    algo = ALGORITHMS[config.algo].build(PolicyModel(policy, T, E), config.options)
-    vf_tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.vf_lr)
+def _make_init(parts: _Parts) -> Callable[..., RunnerState]:
+    config, spec = parts.config, parts.spec
+    E = config.num_envs
 
     def init(key: Array, hparams: dict[str, Any] | None = None) -> RunnerState:
         hp = {k: jnp.asarray(v, jnp.float32) for k, v in config.hparams().items()}
@@ -162,23 +119,30 @@ def make_trainer(
             hp[k] = jnp.asarray(v, jnp.float32)
         key, k_pi, k_vf, k_env = jax.random.split(key, 4)
         dummy = jnp.zeros((1, *spec.obs_shape))
-        pi_params: dict[str, Any] = {"net": pi_net.init(k_pi, dummy)}
+        pi_params: dict[str, Any] = {"net": parts.pi_net.init(k_pi, dummy)}
         if not spec.discrete:
             pi_params["log_std"] = jnp.full((spec.action_dim,), config.init_log_std,
                                             jnp.float32)
-        vf_params = vf_net.init(k_vf, dummy)
-        vf_opt_state = vf_tx.init(vf_params)
+        vf_params = parts.vf_net.init(k_vf, dummy)
+        vf_opt_state = parts.vf_tx.init(vf_params)
         vf_opt_state.hyperparams["learning_rate"] = hp["vf_lr"]
         obs, env_state = jax.vmap(spec.env.reset, in_axes=(0, None))(
             jax.random.split(k_env, E), spec.params)
         W = config.return_window
         return RunnerState(
             pi_params=pi_params, vf_params=vf_params, vf_opt_state=vf_opt_state,
-            pi_opt_state=algo.init(pi_params, hp), obs_stats=init_stats(spec.obs_shape),
+            pi_opt_state=parts.algo.init(pi_params, hp), obs_stats=init_stats(spec.obs_shape),
             env_state=env_state, obs=obs, ep_return=jnp.zeros(E),
             ep_length=jnp.zeros(E, jnp.int32), return_buffer=jnp.zeros(W),
             length_buffer=jnp.zeros(W), num_episodes=jnp.zeros((), jnp.int32), key=key,
             update=jnp.zeros((), jnp.int32), hparams=hp)
+
+    return init
+
+
+def _make_update(parts: _Parts) -> Callable[[RunnerState], tuple[RunnerState, dict]]:
+    config, policy, value = parts.config, parts.policy, parts.value
+    T, B = config.num_steps, config.batch_size
 
     def update(state: RunnerState) -> tuple[RunnerState, dict[str, Array]]:
         hp = state.hparams
@@ -186,8 +150,8 @@ def make_trainer(
         carry = (state.env_state, state.obs, state.ep_return, state.ep_length)
         stats = state.obs_stats
         (env_state, obs, ep_ret, ep_len), traj = collect(
-            spec, lambda o: policy(state.pi_params, o), lambda o: prep(stats, o), carry,
-            k_roll, T)
+            parts.spec, lambda o: policy(state.pi_params, o), lambda o: parts.prep(stats, o),
+            carry, k_roll, T)
         values = value(state.vf_params, traj["obs"])
         next_values = value(state.vf_params, traj["next_obs"])
         adv, targets = gae(traj["reward"], values, next_values, traj["terminated"],
@@ -197,11 +161,11 @@ def make_trainer(
         a = adv.reshape(B)
         flat["adv"] = normalize_advantages(a) if config.normalize_adv else a
         progress = state.update.astype(jnp.float32) / config.num_updates
-        pi_params, pi_opt_state, diag = algo.step(
+        pi_params, pi_opt_state, diag = parts.algo.step(
             state.pi_params, state.pi_opt_state, UpdateData(flat, traj, next_values), hp,
             progress, k_pi)
         vf_params, vf_opt_state = fit_critic(
-            value, vf_tx, state.vf_params, state.vf_opt_state, flat["obs"],
+            value, parts.vf_tx, state.vf_params, state.vf_opt_state, flat["obs"],
             targets.reshape(B), k_vf, epochs=config.vf_epochs,
             minibatch=config.vf_minibatch or B)
         if config.normalize_obs:
@@ -216,14 +180,18 @@ def make_trainer(
             ep_len, buffers[0], buffers[1], buffers[2], key, state.update + 1, hp)
         return new_state, {**metrics, **diag}
 
+    return update
+
+
+def _make_evaluate(parts: _Parts) -> Callable[[RunnerState], dict[str, Array]]:
     def evaluate(state: RunnerState) -> dict[str, Array]:
         key = jax.random.fold_in(state.key, _EVAL_SALT)
         ret, length = evaluate_episodes(
-            spec, lambda o, k: act(state.pi_params, state.obs_stats, o), key,
-            config.eval_episodes)
+            parts.spec, lambda o, k: parts.act(state.pi_params, state.obs_stats, o), key,
+            parts.config.eval_episodes)
         return {"eval_return": jnp.mean(ret), "eval_length": jnp.mean(length)}
 
-    return Trainer(init, update, evaluate, act, config, spec)
+    return evaluate
 
 
 def _metrics(state, traj, n_ep, mean_ret, mean_len, values, targets, old_dist, new_dist, B):
