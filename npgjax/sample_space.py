@@ -159,9 +159,10 @@ def sample_space_natural_gradient(
       the true :math:`\|g - (F + \lambda I) x\|` from one
       :func:`npgjax.fisher_vector_product`, ``converged`` whether ``x`` is finite with
       a small normwise backward error, :math:`\|g - (F + \lambda I) x\| \le
-      \tau (\|g\| + (\operatorname{tr} F + \lambda) \|x\|)`, :math:`\tau = 10^{-5}`
-      in float32 and :math:`10^{-12}` in float64 (the relative residual of an exact
-      float32 solve can be about ``1e-3`` when :math:`\lambda \ll \|F\|`).
+      \tau (\|g\| + (\operatorname{tr} F + \lambda) \|x\|)` with
+      :math:`\tau = 100\,\varepsilon` of the dtype (the relative residual
+      :math:`\|g - (F + \lambda I) x\| / \|g\|` of an exact float32 solve can be
+      ``1e-3`` or more when :math:`\lambda \ll \|F\|`).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -195,6 +196,6 @@ def sample_space_natural_gradient(
     res = tree_norm(tree_sub(grads, fvp(x)))
     # Normwise backward error: tr(F) + lambda bounds ||F + lambda I||.
     scale = tree_norm(grads) + (jnp.sum(S * S) + lam) * tree_norm(x)
-    tol = 1e-5 if dtype == jnp.float32 else 1e-12
+    tol = 100 * jnp.finfo(dtype).eps
     converged = ok & (res <= tol * scale)
     return x, SolveInfo(jnp.zeros((), jnp.int32), res, converged)
