@@ -50,7 +50,7 @@ _HI = jax.lax.Precision.HIGHEST
 
 
 def _scaled_scores(S: Array, mask: Array | None, centered: bool) -> Array:
-    """Rows ``sqrt(w_i) s_i`` with ``F = S^T (W - c w w^T) S`` as fisher_vector_product."""
+    """Rows of ``S_hat`` with ``S_hat^T S_hat`` the Fisher of fisher_vector_product."""
     w = sample_weights(mask, S.shape[:1], S.dtype)
     if centered:
         # fisher_vector_product gives S^T (W - w w^T) S; (I - a 1 w^T) S reproduces it
@@ -176,10 +176,10 @@ def sample_space_natural_gradient(
 
     References:
       Chen and Heyl, *Efficient optimization of deep neural quantum states toward
-      machine precision*, Nature Physics 2024 (arXiv:2302.01941), "MinSR".
-      Rende, Goldt, Becca et al., *A simple linear algebra identity to optimize
-      large-scale neural network quantum states*, Communications Physics 2024
-      (arXiv:2310.05715).
+      machine precision*, arXiv:2302.01941, 2023 ("MinSR"; Nature Physics 2024).
+      Rende, Viteritti, Lavagna, Becca and Goldt, *A simple linear algebra identity to
+      optimize large-scale neural network quantum states*, arXiv:2310.05715, 2023
+      (Communications Physics 2024).
     """
     n, p = _check_inputs(log_prob_fn, params, batch, grads, damping, mask)
     flat_g, unravel = ravel_pytree(grads)
