@@ -151,3 +151,43 @@ def test_hparams_follow_the_declaration():
     assert set(state.hparams) == set(cfg.traced)
     with pytest.raises(ValueError, match="max_kl"):
         trainer.init(jax.random.PRNGKey(0), {"max_kl": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--env", "DeepSea-bsuite", "--env-kwargs", "sise=16"], "unknown env kwarg"),
+        (["--env", "DeepSea-bsuite", "--env-kwargs", "size=big"], "cannot build"),
+        (["--env-params", "max_step=3"], "unknown env params field"),
+        (["--env-kwargs", "size"], "key=value"),
+        (["--algo", "vpg", "--set", "max_kl=0.1"], "not used by algo 'vpg'"),
+        (["--env", "CartPole-v1", "--set", "network=cnn"], "needs image observations"),
+    ],
+)
+def test_cli_environment_errors_are_one_line(args, expected, tmp_path, capsys):
+    from npgjax.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--out", str(tmp_path / "out"), "--no-progress", "--no-compile-cache"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_env_kwargs_and_params_reach_the_run(tmp_path, capsys):
+    import json
+
+    from npgjax.train import main
+
+    out = tmp_path / "deepsea"
+    code = main(["--env", "DeepSea-bsuite", "--env-kwargs", "size=4", "--env-params",
+                 "max_steps_in_episode=4", "--seeds", "2", "--total-timesteps", "256",
+                 "--set", "num_envs=2", "--set", "num_steps=32", "--set", "vf_minibatch=0",
+                 "--no-progress", "--no-compile-cache", "--no-plot", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["env_kwargs"] == {"size": 4}
+    assert summary["config"]["env_params"] == {"max_steps_in_episode": 4}
+    assert summary["target"] == 0.99 and summary["success_metric"] == "eval_return"
+    assert len(summary["final_eval_return"]["per_seed"]) == 2
