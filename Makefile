@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: demo test lint docs notebooks bench clean venv
+.PHONY: demo test lint docs notebooks bench clean venv install-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,19 @@ notebooks: $(DOCS_STAMP)
 docs: notebooks
 	$(BIN)/mkdocs build --strict
 
+# Build a wheel, install it without extras in a fresh venv (build/install-check), and check
+# that it ships LICENSE and py.typed, pulls no gymnax/flax/matplotlib, and imports and steps.
+CHECK_VENV := build/install-check
+install-check:
+	rm -rf $(CHECK_VENV)
+	$(PYTHON) -m venv $(CHECK_VENV)
+	$(CHECK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECK_VENV)/bin/python -m pip wheel --quiet --no-deps -w $(CHECK_VENV)/dist .
+	$(CHECK_VENV)/bin/python -m pip install --quiet $(CHECK_VENV)/dist/npgjax-*.whl
+	cd $(CHECK_VENV) && bin/python $(CURDIR)/.ci/check_core_install.py dist/npgjax-*.whl
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/fvp_cost.py
 
 clean:
-	rm -rf $(VENV) site runs .pytest_cache
+	rm -rf $(VENV) site runs .pytest_cache build
