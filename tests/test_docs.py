@@ -27,6 +27,7 @@ import pathlib
 import re
 import sys
 import tempfile
+import types
 
 import jax
 import jax.numpy as jnp
@@ -165,7 +166,11 @@ def namespace_after(block: Block) -> dict:
     """Run the page's blocks up to and including ``block``; return the namespace."""
     run = _RUNS.get(block.page)
     if run is None or len(run.outcomes) > block.index:
-        run = _PageRun({"__name__": "__docs__"}, tempfile.mkdtemp(prefix="npgjax-docs-"))
+        # A real module, so that classes defined in a block (dataclasses, pickling) can
+        # find their module in sys.modules.
+        module = types.ModuleType("_npgjax_docs_" + re.sub(r"\W", "_", block.page))
+        sys.modules[module.__name__] = module
+        run = _PageRun(module.__dict__, tempfile.mkdtemp(prefix="npgjax-docs-"))
         _RUNS[block.page] = run
     for earlier in BY_PAGE[block.page][len(run.outcomes) : block.index]:
         try:
