@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import pickle
+import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -30,16 +36,30 @@ def runs(tmp_path_factory):
     full, split = root / "full", root / "split"
     assert main([*TINY, "--out", str(full)]) == 0
     assert main([*TINY, "--out", str(split), "--stop-after-chunks", "2", "--no-plot"]) == 0
-    stopped = pickle.loads((split / "checkpoint.pkl").read_bytes())
+    stopped = json.loads((split / "checkpoint.json").read_text())
     assert main([*TINY, "--out", str(split), "--resume", "--no-plot"]) == 0
     return full, split, stopped
 
 
+def _checkpoint(run_dir):
+    """The run's checkpoint, its state restored into the structure of a fresh init."""
+    import jax
+
+    from npgjax.cli.io import load_checkpoint
+    from npgjax.rl import get_config, make_trainer
+
+    trainer = make_trainer(get_config("CartPole-v1", num_envs=2, num_steps=32,
+                                      vf_minibatch=0, total_timesteps=512))
+    keys = jax.random.split(jax.random.PRNGKey(0), SEEDS)
+    return load_checkpoint(run_dir, jax.eval_shape(jax.vmap(trainer.init), keys))
+
+
 def test_outputs(runs):
     full, _, _ = runs
-    for name in ("metrics.csv", "summary.json", "checkpoint.pkl", "learning_curve.png",
-                 "diagnostics.png"):
+    for name in ("metrics.csv", "summary.json", "checkpoint.json", "checkpoint.msgpack",
+                 "learning_curve.png", "diagnostics.png"):
         assert (full / name).stat().st_size > 0, name
+    assert not list(full.glob("*.pkl")) and not (full / ".npgjax.lock").exists()
     with open(full / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == SEEDS * UPDATES
@@ -60,16 +80,30 @@ def test_outputs(runs):
     assert summary["compile_time_s"] >= 0 and summary["env_steps_per_s"] > 0
     assert summary["device"]["platform"]
 
-    ckpt = pickle.loads((full / "checkpoint.pkl").read_bytes())
+    import npgjax
+
+    ckpt = _checkpoint(full)
+    assert ckpt["format_version"] == 2 and ckpt["npgjax_version"] == npgjax.__version__
     assert ckpt["chunks_done"] == UPDATES // 2 and ckpt["chunk_updates"] == 2
+    assert (ckpt["seeds"], ckpt["seed"]) == (SEEDS, 0)
+    assert ckpt["config"]["env"] == "CartPole-v1" and ckpt["config"]["num_steps"] == 32
     assert ckpt["metrics"]["train_return"].shape == (SEEDS, UPDATES)
+    assert ckpt["state"].update.shape == (SEEDS,) and (ckpt["state"].update == UPDATES).all()
+    with open(full / "metrics.csv", newline="") as f:
+        last = [r for r in csv.DictReader(f) if r["update"] == str(UPDATES)]
+    assert [float(r["train_return"]) for r in last] == pytest.approx(
+        ckpt["metrics"]["train_return"][:, -1].tolist())
 
 
 def test_resume_gives_identical_metrics(runs):
     full, split, stopped = runs
-    assert stopped["chunks_done"] == 2
-    assert stopped["metrics"]["train_return"].shape == (SEEDS, 4)
+    assert stopped["chunks_done"] == 2 and len(stopped["sessions"]) == 1
     assert (split / "metrics.csv").read_text() == (full / "metrics.csv").read_text()
+    a, b = _checkpoint(full)["state"], _checkpoint(split)["state"]
+    import jax
+
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                                                    strict=True))
 
 
 def test_resume_refuses_other_config(runs, capsys):
@@ -158,3 +192,184 @@ def test_corrupt_exported_chunk_is_replaced(tmp_path):
     exp2, how2 = _exported_chunk(lambda x: (x * 2,), leaves, path)
     assert how2 == "loaded"
     assert float(exp2.call(jnp.ones(3))[0][1]) == 2.0
+
+
+def _resume_error(run_dir, capsys):
+    """Resume ``run_dir``; the one-line error of the exit status 2."""
+    with pytest.raises(SystemExit) as e:
+        main([*TINY, "--out", str(run_dir), "--resume", "--no-plot"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def _copy(run, tmp_path):
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def _rewrite_state(run_dir, edit):
+    """Apply ``edit`` to the saved state dict; rewrite the file and its recorded hash."""
+    from flax import serialization
+
+    tree = serialization.msgpack_restore((run_dir / "checkpoint.msgpack").read_bytes())
+    edit(tree["state"])
+    data = serialization.msgpack_serialize(tree)
+    (run_dir / "checkpoint.msgpack").write_bytes(data)
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    meta["state_sha256"] = hashlib.sha256(data).hexdigest()
+    (run_dir / "checkpoint.json").write_text(json.dumps(meta))
+
+
+def test_resume_of_a_finished_run_is_a_no_op(runs, tmp_path):
+    run = _copy(runs[0], tmp_path)
+    before = (run / "metrics.csv").read_text()
+    assert main([*TINY, "--out", str(run), "--resume", "--no-plot"]) == 0
+    assert (run / "metrics.csv").read_text() == before
+
+
+def test_old_pickle_checkpoint_is_refused_without_unpickling(tmp_path, capsys, monkeypatch):
+    """A version-1 run directory (``checkpoint.pkl``) is refused clearly, never loaded."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "checkpoint.pkl").write_bytes(pickle.dumps({"version": 1, "state": [1, 2]}))
+
+    def refuse(*a, **k):
+        raise AssertionError("a checkpoint was unpickled")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    err = _resume_error(old, capsys)
+    assert "format version 1" in err and "pickle" in err and "rerun" in err
+
+    from npgjax.rl import load_policy
+
+    with pytest.raises(ValueError, match="format version 1"):
+        load_policy(old)
+    # A pickle under the new name is refused by its header, also without unpickling.
+    (old / "checkpoint.msgpack").write_bytes(pickle.dumps({"version": 1}))
+    (old / "checkpoint.json").write_text(json.dumps({
+        "format": "npgjax-checkpoint", "format_version": 2, "seeds": 1,
+        "state_sha256": hashlib.sha256((old / "checkpoint.msgpack").read_bytes()).hexdigest()}))
+    with pytest.raises(ValueError, match="is a pickle"):
+        load_policy(old)
+
+
+def test_future_format_version_is_refused(runs, tmp_path, capsys):
+    run = _copy(runs[0], tmp_path)
+    meta = json.loads((run / "checkpoint.json").read_text())
+    meta["format_version"] = 3
+    (run / "checkpoint.json").write_text(json.dumps(meta))
+    err = _resume_error(run, capsys)
+    assert "format version 3" in err and "upgrade npgjax" in err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "json"])
+def test_corrupt_checkpoint_is_refused(runs, tmp_path, capsys, damage):
+    run = _copy(runs[0], tmp_path)
+    state = run / "checkpoint.msgpack"
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[:1000])
+    elif damage == "garbage":  # with a matching hash: the msgpack decoder fails
+        data = b"\xc1" * 64
+        state.write_bytes(data)
+        meta = json.loads((run / "checkpoint.json").read_text())
+        meta["state_sha256"] = hashlib.sha256(data).hexdigest()
+        (run / "checkpoint.json").write_text(json.dumps(meta))
+    else:
+        (run / "checkpoint.json").write_text('{"format": "npgjax-checkpoint", ')
+    assert "corrupt" in _resume_error(run, capsys)
+
+
+def test_missing_key_and_wrong_shape_are_refused(runs, tmp_path, capsys):
+    run = _copy(runs[0], tmp_path)
+    _rewrite_state(run, lambda s: s["obs_stats"].pop("var"))
+    err = _resume_error(run, capsys)
+    assert "missing key(s) ['var']" in err and "obs_stats" in err
+
+    shutil.rmtree(run)
+    run = _copy(runs[0], tmp_path)
+
+    def reshape(s):
+        s["obs_stats"]["mean"] = np.zeros((SEEDS, 5), np.float32)
+
+    _rewrite_state(run, reshape)
+    err = _resume_error(run, capsys)
+    assert "obs_stats/mean" in err and "float32[2, 5]" in err and "float32[2, 4]" in err
+
+
+def test_lock_refuses_a_second_writer_and_takes_over_a_stale_one(runs, tmp_path, capsys):
+    run = _copy(runs[0], tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (run / ".npgjax.lock").write_text(f"{other.pid} {os.uname().nodename}\n")
+        err = _resume_error(run, capsys)
+        assert f"in use by another npgjax-train (pid {other.pid})" in err
+    finally:
+        other.kill()
+        other.wait()
+    # The owner is gone: its lock is stale and taken over, then released.
+    assert main([*TINY, "--out", str(run), "--resume", "--no-plot"]) == 0
+    assert not (run / ".npgjax.lock").exists()
+
+
+def test_out_that_is_a_file_or_unwritable(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [(afile, "is a file, not a directory"),
+             (afile / "sub", f"{afile} is a file")]
+    if os.path.isdir("/sys/kernel"):  # sysfs: no new directories, even for root
+        cases.append(("/sys/kernel/npgjax-test-out", "cannot create the directory"))
+    for out, expected in cases:
+        with pytest.raises(SystemExit) as e:
+            main([*TINY, "--out", str(out), "--no-plot"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith("npgjax-train: error: --out")
+
+
+def test_tensorboard_without_tensorboardx_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from npgjax.cli import io
+
+    monkeypatch.setattr(io, "tensorboard_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        main([*TINY, "--out", str(tmp_path / "tb"), "--tensorboard"])
+    assert e.value.code == 2
+    assert "pip install 'npgjax[tensorboard]'" in capsys.readouterr().err
+
+
+def _events(logdir):
+    """``{tag: [(step, value), ...]}`` of the tfevents files (the TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_writes_every_metric_per_update_and_seed(runs, tmp_path):
+    pytest.importorskip("tensorboardX")
+    out = tmp_path / "tb"
+    assert main([*TINY, "--out", str(out), "--no-plot", "--tensorboard"]) == 0
+    events = _events(out / "tensorboard")
+    with open(runs[0] / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for s in range(SEEDS):
+        for key in ("train_return", "kl", "entropy", "env_steps"):
+            want = [(int(r["update"]), float(r[key])) for r in rows if r["seed"] == str(s)
+                    and np.isfinite(float(r[key]))]
+            got = events[f"seed{s}/{key}"]
+            assert [u for u, _ in got] == [u for u, _ in want]
+            assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
+        # eval_return only where training evaluated (after update 8 here: eval_every 10)
+        assert [u for u, _ in events[f"seed{s}/eval_return"]] == [UPDATES]

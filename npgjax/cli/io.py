@@ -1,19 +1,20 @@
-"""Files of a run directory: atomic writes, the metrics CSV, JSON and checkpoints."""
+"""Files of a run directory: atomic writes, the metrics CSV, JSON and checkpoints.
+
+Checkpoints use the safe format of :mod:`npgjax.rl.checkpoint` (msgpack and JSON).
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CHECKPOINT_VERSION", "atomic_write", "config_dict", "jsonable",
-           "load_checkpoint", "save_checkpoint", "write_csv"]
+__all__ = ["TensorBoardLog", "acquire_lock", "atomic_write", "config_dict", "jsonable",
+           "load_checkpoint", "prepare_out", "release_lock", "save_checkpoint", "write_csv"]
 
-CHECKPOINT_VERSION = 1
 
 # Column order of metrics.csv after seed, update, env_steps; other metrics follow sorted.
 METRIC_ORDER = (
@@ -25,7 +26,7 @@ METRIC_ORDER = (
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -57,27 +58,11 @@ def write_csv(path: Path, metrics: dict[str, np.ndarray]) -> None:
     atomic_write(path, ("\n".join(lines) + "\n").encode())
 
 
-def _env_params_dict(params: Any) -> dict[str, Any] | None:
-    if params is None:
-        return None
-    if isinstance(params, tuple):
-        return dict(params)
-    if dataclasses.is_dataclass(params):
-        return {f.name: np.asarray(getattr(params, f.name)).tolist()
-                for f in dataclasses.fields(params)}
-    return {"repr": repr(params)}
-
-
 def config_dict(config: Any) -> dict[str, Any]:
     """The config as plain JSON values: env name, kwargs and params, then every option."""
-    out: dict[str, Any] = {"env": config.env_name, "algo": config.algo,
-                           "env_kwargs": dict(config.env_kwargs),
-                           "env_params": _env_params_dict(config.env_params)}
-    for f in dataclasses.fields(config):
-        if f.name not in out and f.name != "options":
-            out[f.name] = getattr(config, f.name)
-    out.update(dataclasses.asdict(config.options))
-    return out
+    from npgjax.rl.checkpoint import config_dict as _config_dict
+
+    return _config_dict(config)
 
 
 def jsonable(x: Any) -> Any:
@@ -93,20 +78,155 @@ def jsonable(x: Any) -> Any:
     return x
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write the run's checkpoint (the state of all seeds, metrics, timings)."""
-    payload = dict(payload, version=CHECKPOINT_VERSION)
-    atomic_write(path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+def save_checkpoint(run_dir: Path, state: Any, meta: dict[str, Any],
+                    metrics: dict[str, np.ndarray], times: np.ndarray) -> None:
+    """Write the run's checkpoint: the state of all seeds and the metrics as msgpack
+    (``checkpoint.msgpack``), the rest as JSON (``checkpoint.json``). No pickle."""
+    from npgjax.rl.checkpoint import OLD_FILE, write_checkpoint
+
+    write_checkpoint(run_dir, state, {"kind": "run", **meta},
+                     {"metrics": dict(metrics), "times": np.asarray(times, np.float64)})
+    old = Path(run_dir) / OLD_FILE
+    if old.exists():  # a pickle of an earlier run in this folder: replaced by this run
+        old.unlink()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; ValueError if it is not one."""
+def load_checkpoint(run_dir: Path, target: Any) -> dict[str, Any]:
+    """Read the checkpoint of ``run_dir``, the state restored into ``target``.
+
+    Args:
+      run_dir: the run directory.
+      target: the state's structure (``jax.eval_shape`` of the vmapped init).
+
+    Returns:
+      The metadata, with ``state``, ``metrics`` and ``times`` added.
+
+    Raises:
+      ValueError: (``CheckpointError``) no checkpoint, a corrupt file, another format
+        version, a missing key or a leaf of another shape or dtype.
+    """
+    from npgjax.rl.checkpoint import STATE_FILE, CheckpointError, read_checkpoint, restore
+
+    meta, state, arrays = read_checkpoint(run_dir)
+    where = str(Path(run_dir) / STATE_FILE)
+    if meta.get("kind") != "run":
+        raise CheckpointError(f"{where} was written by save_policy, not by npgjax-train: "
+                              "it has no metrics to resume from.")
+    metrics = arrays.get("metrics")
+    times = np.asarray(arrays.get("times", np.zeros(0)), np.float64)
+    seeds, n = int(meta.get("seeds", 0)), times.shape[0]
+    if not isinstance(metrics, dict) or any(
+            np.shape(v) != (seeds, n) for v in metrics.values()):
+        raise CheckpointError(f"{where}: the metrics are missing or not [{seeds}, {n}] "
+                              "arrays.")
+    return dict(meta, state=restore(target, state, where), metrics=metrics, times=times)
+
+
+LOCK_FILE = ".npgjax.lock"
+
+
+def _first_file_above(path: Path) -> Path | None:
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def prepare_out(out: Path, must_exist: bool = False) -> None:
+    """Create the output directory, or raise ValueError with one line saying why not."""
+    file = _first_file_above(out)
+    if file == out:
+        raise ValueError(f"--out {out} is a file, not a directory")
+    if file is not None:
+        raise ValueError(f"--out {out}: cannot create the directory, {file} is a file")
+    if must_exist and not out.is_dir():
+        raise ValueError(f"--resume: no checkpoint in {out} (the directory does not exist)")
     try:
-        with open(path, "rb") as f:
-            ckpt = pickle.load(f)
-    except Exception as e:
-        raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is not an npgjax-train checkpoint (version "
-                         f"{CHECKPOINT_VERSION})")
-    return ckpt
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create the directory "
+                         f"({e.strerror or type(e).__name__})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: the directory is not writable")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def acquire_lock(out: Path) -> Path:
+    """Lock ``out`` for this process: a lock file holding its pid and host.
+
+    A lock left by a process that no longer runs (on this host) is taken over; one held
+    by a running process is a ValueError naming it.
+    """
+    import socket
+
+    path, host = out / LOCK_FILE, socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = path.read_text(errors="replace").split() if path.exists() else []
+            pid = int(owner[0]) if owner and owner[0].isdigit() else None
+            other_host = len(owner) > 1 and owner[1] != host
+            if pid is not None and (other_host or _pid_alive(pid)):
+                where = f" on {owner[1]}" if other_host else ""
+                raise ValueError(
+                    f"--out {out} is in use by another npgjax-train (pid {pid}{where}); wait "
+                    f"for it to finish or choose another --out (if no such process runs, "
+                    f"delete {path})") from None
+            with contextlib.suppress(FileNotFoundError):  # stale: the owner is gone
+                path.unlink()
+            continue
+        except OSError as e:
+            raise ValueError(f"--out {out}: cannot write in the directory "
+                             f"({e.strerror or type(e).__name__})") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {host}\n")
+        return path
+    raise ValueError(f"--out {out}: cannot take the lock {path}")
+
+
+def release_lock(path: Path) -> None:
+    """Remove the lock file if this process still owns it."""
+    with contextlib.suppress(OSError):
+        if path.read_text().split()[:1] == [str(os.getpid())]:
+            path.unlink()
+
+
+def tensorboard_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboardX") is not None
+
+
+class TensorBoardLog:
+    """Every metric per update and seed as TensorBoard scalars (``seed<i>/<metric>``).
+
+    The step is the update number (from 1); non-finite values (e.g. ``eval_return``
+    between evaluations) are left out.
+    """
+
+    def __init__(self, logdir: Path) -> None:
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(logdir))
+
+    def write(self, metrics: dict[str, Any], first_update: int) -> None:
+        for name, values in metrics.items():
+            values = np.asarray(values, np.float64)
+            for s, row in enumerate(values):
+                for j, v in enumerate(row):
+                    if np.isfinite(v):
+                        self.writer.add_scalar(f"seed{s}/{name}", v, first_update + j)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -39,6 +39,7 @@ class _Run:
     times: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     sessions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     state: Any = None
+    tb: Any = None  # the TensorBoard log (--tensorboard)
 
     @property
     def n_chunks(self) -> int:
@@ -86,22 +87,25 @@ def _check_resume(ckpt: dict[str, Any], expect: dict[str, Any], out: Path) -> st
             f"({'; '.join(diffs)}); rerun with the same options or use another --out")
 
 
-def _resume(run: _Run, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    path = run.out / "checkpoint.pkl"
-    if not path.exists():
-        parser.error(f"--resume: no checkpoint at {path}")
+def _resume(run: _Run, trainer: Any, keys: Any, parser: argparse.ArgumentParser
+            ) -> dict[str, Any]:
+    import jax
+
     try:
-        ckpt = io.load_checkpoint(path)
+        ckpt = io.load_checkpoint(run.out, jax.eval_shape(jax.vmap(trainer.init), keys))
     except ValueError as e:
-        parser.error(f"--resume: {e}")
+        parser.error(f"--resume: {str(e).splitlines()[0]}")
     cfg = json.loads(json.dumps(io.jsonable(io.config_dict(run.config))))
     msg = _check_resume(ckpt, {"seeds": run.args.seeds, "seed": run.args.seed,
                                "chunk_updates": run.chunk, "config": cfg}, run.out)
     if msg:
         parser.error(msg)
     run.chunks_done = int(ckpt["chunks_done"])
+    if ckpt["times"].shape[0] != run.chunks_done * run.chunk:
+        parser.error(f"--resume: the checkpoint in {run.out} holds "
+                     f"{ckpt['times'].shape[0]} updates, not chunks_done x chunk_updates")
     run.metrics = {k: np.asarray(v) for k, v in ckpt["metrics"].items()}
-    run.times = np.asarray(ckpt["times"], np.float64)
+    run.times = ckpt["times"]
     run.sessions = list(ckpt["sessions"])
     return ckpt
 
@@ -114,11 +118,10 @@ def _save(run: _Run, device: dict[str, Any], session: dict[str, Any], t_start: f
     summary = summarize(run.header(device), run.config, run.metrics, run.times, run.target)
     io.atomic_write(run.out / "summary.json",
                     (json.dumps(io.jsonable(summary), indent=2) + "\n").encode())
-    cfg = json.loads(json.dumps(io.jsonable(io.config_dict(run.config))))
-    io.save_checkpoint(run.out / "checkpoint.pkl", {
-        "state": jax.device_get(run.state), "chunks_done": run.chunks_done,
-        "chunk_updates": run.chunk, "seeds": run.args.seeds, "seed": run.args.seed,
-        "metrics": run.metrics, "times": run.times, "sessions": run.sessions, "config": cfg})
+    meta = {"chunks_done": run.chunks_done, "chunk_updates": run.chunk,
+            "seeds": run.args.seeds, "seed": run.args.seed, "sessions": run.sessions,
+            "env_is_id": True, "config": io.config_dict(run.config)}
+    io.save_checkpoint(run.out, jax.device_get(run.state), meta, run.metrics, run.times)
 
 
 def _progress_bar(run: _Run) -> Any:
@@ -159,6 +162,8 @@ def _loop(run: _Run, chunk_fn: Any, session: dict[str, Any], save: Any) -> tuple
             run.chunks_done += 1
             done_now += 1
             save()
+            if run.tb is not None:
+                run.tb.write(m, (run.chunks_done - 1) * K + 1)
             if bar is not None:
                 ret, _ = nan_stats(np.asarray(m["train_return"][:, -1], np.float64))
                 kl, _ = nan_stats(np.asarray(m["kl"][:, -1], np.float64))
@@ -195,18 +200,28 @@ def _target(args: argparse.Namespace, config: Any) -> float | None:
     return None if args.target == "none" else float(args.target)
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write every metric per update and seed as TensorBoard "
+                        "scalars (tags seed<i>/<metric>) in <out>/tensorboard (needs "
+                        "tensorboardX: pip install 'npgjax[tensorboard]')")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (argument errors exit with 2)."""
-    parser = build_parser()
+    parser = _parser()
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     config = _config_from_args(args, parser)
+    if args.tensorboard and not io.tensorboard_available():
+        parser.error("--tensorboard needs tensorboardX, which is not installed: "
+                     "pip install 'npgjax[tensorboard]'")
 
-    from npgjax.cli.compile import compile_training, enable_compile_cache
+    from npgjax.cli.compile import enable_compile_cache
 
     cache_dir = None if args.no_compile_cache else enable_compile_cache()
-
-    import jax
 
     from npgjax.rl.trainer import make_trainer
 
@@ -218,10 +233,28 @@ def main(argv: list[str] | None = None) -> int:
                else os.path.join("runs", f"{config.env_name}-{config.algo}"))
     run = _Run(args, config, out, choose_chunk_updates(config.num_updates, args.chunk_updates),
                _target(args, config))
-    ckpt = _resume(run, parser) if args.resume else None
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        io.prepare_out(out, must_exist=args.resume)
+        lock = io.acquire_lock(out)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        return _train(run, trainer, parser, cache_dir, t_start)
+    finally:
+        if run.tb is not None:
+            run.tb.close()
+        io.release_lock(lock)
 
+
+def _train(run: _Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: str | None,
+           t_start: float) -> int:
+    import jax
+
+    from npgjax.cli.compile import compile_training
+
+    args, config, out = run.args, run.config, run.out
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.seeds)
+    ckpt = _resume(run, trainer, keys, parser) if args.resume else None
     chunk_fn, t_trace, t_xla, memo = None, 0.0, 0.0, False
     if run.chunks_done < run.n_chunks:  # nothing to compile when resuming a finished run
         init_fn, chunk_fn, t_trace, t_xla, memo = compile_training(trainer, keys, run.chunk,
@@ -233,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     device = {"platform": dev.platform, "device_kind": dev.device_kind,
               "num_devices": jax.device_count(), "cpu_count": os.cpu_count()}
     _announce(run, chunk_fn, t_trace, t_xla, memo, cache_dir, dev, ckpt is not None)
+    if args.tensorboard:
+        run.tb = io.TensorBoardLog(out / "tensorboard")
 
     session = {"compile_time_s": t_trace + t_xla, "train_time_s": 0.0, "wall_time_s": 0.0,
                "updates": 0, "export": getattr(chunk_fn, "export", None)}
@@ -242,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         _save(run, device, session, t_start)
 
     interrupted, stopped = _loop(run, chunk_fn, session, save)
-    files = ["metrics.csv", "summary.json", "checkpoint.pkl"]
+    files = ["metrics.csv", "summary.json", "checkpoint.json", "checkpoint.msgpack"]
+    files += ["tensorboard/"] if args.tensorboard else []
     if run.metrics:
         save()  # final timings
         files += _plots(run)
@@ -274,8 +310,8 @@ def _announce(run: _Run, chunk_fn: Any, t_trace: float, t_xla: float, memo: bool
     if run.target is None:
         print(f"  no target: none known for {cfg.env_name} (pass --target R to time one)")
     if resumed:
-        print(f"  resuming from {run.out / 'checkpoint.pkl'}: {run.chunks_done}/"
+        print(f"  resuming from {run.out / 'checkpoint.json'}: {run.chunks_done}/"
               f"{run.n_chunks} chunks done")
-    elif (run.out / "checkpoint.pkl").exists():
+    elif any((run.out / f).exists() for f in ("checkpoint.json", "checkpoint.pkl")):
         print(f"  note: replacing the earlier run in {run.out} (--resume would continue it)")
     sys.stdout.flush()

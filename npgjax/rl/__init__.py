@@ -25,6 +25,7 @@ from npgjax.rl.algos import (  # noqa: E402
 from npgjax.rl.configs import ALGOS, ENV_DEFAULTS, Config, get_config  # noqa: E402
 from npgjax.rl.envs import SOLVED_RETURNS, EnvSpec, default_target, make_env  # noqa: E402
 from npgjax.rl.networks import CNN, MLP, TorsoHead, make_networks, orthogonal  # noqa: E402
+from npgjax.rl.policy import Policy, evaluate_policy, load_policy, save_policy  # noqa: E402
 from npgjax.rl.trainer import (  # noqa: E402
     RunnerState,
     Trainer,
@@ -45,13 +46,16 @@ __all__ = [
     "ENACOptions",
     "EnvSpec",
     "NPGOptions",
+    "Policy",
     "RunnerState",
     "TRPOOptions",
     "TorsoHead",
     "Trainer",
     "VPGOptions",
     "default_target",
+    "evaluate_policy",
     "get_config",
+    "load_policy",
     "make_env",
     "make_networks",
     "make_train",
@@ -59,4 +63,5 @@ __all__ = [
     "orthogonal",
     "register_algorithm",
     "run_updates",
+    "save_policy",
 ]
