@@ -25,6 +25,7 @@ import importlib.util
 import os
 import pathlib
 import re
+import subprocess
 import sys
 import tempfile
 import types
@@ -299,3 +300,21 @@ def test_offline_hook_flags_remote_scripts(caplog):
         assert not caplog.records
         hook.on_post_page(remote + '<link rel="stylesheet" href="//x.org/a.css">', page, {})
     assert len(caplog.records) == 2 and "cdn.example.org" in caplog.text
+
+
+def test_getting_started_lists_the_command_lines_options():
+    """The `--help` copy in getting-started.md names exactly the options `--help` shows."""
+    pytest.importorskip("npgjax.rl")
+
+    def flags(help_text: str) -> set[str]:
+        options = help_text.split("\noptions:\n", 1)[1]
+        return set(re.findall(r"^\s{2}(?:-h, )?(--[a-z][a-z-]*)", options, re.M))
+
+    text = (ROOT / "docs" / "getting-started.md").read_text()
+    block = re.search(r"Its options, from `--help`:\n\n```text\n(.*?)```", text, re.S).group(1)
+    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "npgjax.train", "--help"],
+        capture_output=True, text=True, env=env, timeout=120, check=True,
+    )
+    assert flags(block) == flags(proc.stdout)

@@ -72,6 +72,17 @@ def test_dev_and_docs_extras_install_everything_the_demo_and_tests_need(extra):
     assert {"dev": "pytest", "docs": "mkdocs"}[extra] in names
 
 
+def test_every_extra_the_code_and_docs_name_exists():
+    files = [ROOT / "README.md", *(ROOT / "npgjax").rglob("*.py"), *(ROOT / "docs").rglob("*.md")]
+    named = {
+        (m, p.relative_to(ROOT).as_posix())
+        for p in files
+        for m in re.findall(r"npgjax\[([a-z0-9_-]+)\]", p.read_text(encoding="utf-8"))
+    }
+    assert {m for m, _ in named} >= {"rl"}
+    assert sorted((m, p) for m, p in named if m not in EXTRAS) == []
+
+
 def _third_party_imports(path: pathlib.Path) -> set[str]:
     """Top-level names of every import in a module (module level and in functions)."""
     names = set()
