@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/python -m npgjax.train --env CartPole-v1 --algo npg --seeds 4 --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check npgjax tests benchmarks notebooks docs
+	$(BIN)/ruff check npgjax tests benchmarks notebooks docs .ci
 	$(BIN)/python -m pytest -n 2 -q --doctest-modules npgjax tests
 
 lint: $(STAMP)
