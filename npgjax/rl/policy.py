@@ -10,7 +10,7 @@ and maps the action to the environment's range.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,13 +172,14 @@ def save_policy(path: str | Path, trainer_or_config: Trainer | Config, state: Ru
     return path
 
 
-def load_policy(run_dir: str | Path, seed: int = 0, env: Any = None, *,
+def load_policy(run_dir: str | Path, seed: int | Sequence[int] = 0, env: Any = None, *,
                 policy_torso: Any = None) -> Policy:
     """The trained policy of seed ``seed`` in ``run_dir``.
 
     Args:
       run_dir: a run directory of ``npgjax-train`` or a directory from :func:`save_policy`.
-      seed: which trained seed (0 to ``seeds - 1``).
+      seed: which trained seed (0 to ``seeds - 1``); a sequence of seeds gives one
+        :class:`Policy` whose arrays have a leading seed axis, to ``jax.vmap`` over.
       env: the environment object, for a run trained on one rather than a registry id
         (the registry id, kwargs and params are read from the checkpoint).
       policy_torso: the flax torso, for a policy trained with ``policy_torso``.
@@ -203,7 +204,9 @@ def load_policy(run_dir: str | Path, seed: int = 0, env: Any = None, *,
     run_dir = Path(run_dir)
     meta, state_dict, _ = read_checkpoint(run_dir)
     seeds = int(meta.get("seeds", 0))
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < seeds:
+    chosen = np.atleast_1d(np.asarray(seed))
+    if (chosen.dtype.kind not in "iu" or chosen.ndim != 1 or chosen.size == 0
+            or not np.all((chosen >= 0) & (chosen < seeds))):
         raise ValueError(f"seed {seed!r} is out of range: {run_dir} has seeds 0 to {seeds - 1}.")
     config = config_from_dict(meta["config"], env, bool(meta.get("env_is_id", True)))
     trainer = make_trainer(config, policy_torso=policy_torso)
@@ -214,6 +217,7 @@ def load_policy(run_dir: str | Path, seed: int = 0, env: Any = None, *,
         if name not in state_dict:
             raise CheckpointError(f"{where}: the state has no {name!r}.")
         parts[name] = restore(getattr(target, name), state_dict[name], where)
-    one = jax.tree.map(lambda x: jnp.asarray(x[seed]), parts)
+    index = chosen if np.ndim(seed) else int(chosen[0])
+    one = jax.tree.map(lambda x: jnp.asarray(x[index]), parts)
     return Policy(one["pi_params"], RunningStats(*one["obs_stats"]), trainer.config,
                   trainer.env, trainer.act)
