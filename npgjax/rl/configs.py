@@ -36,6 +36,9 @@ class Config:
       env_kwargs: constructor arguments of a registry id, as ``(key, value)`` pairs.
       env_params: the env's ``EnvParams``, or ``(field, value)`` pairs replacing fields
         of its defaults; None for the defaults.
+      obs_keep: observation indices to keep (a partially observed task, e.g. ``(0, 2)``
+        for CartPole-v1 without its velocities; see :mod:`npgjax.rl.wrappers`); ``()``
+        keeps the whole observation.
       total_timesteps: environment steps per seed.
       num_envs: parallel environments (vmapped).
       num_steps: rollout length per environment and update.
@@ -44,8 +47,10 @@ class Config:
       vf_lr: critic learning rate, adam (traced).
       vf_epochs: passes over the rollout per update for the critic.
       vf_minibatch: critic minibatch size (0 = whole rollout).
-      network: ``"auto"`` (``"cnn"`` for image observations, else ``"mlp"``), ``"mlp"``
-        or ``"cnn"``.
+      network: ``"auto"`` (``"cnn"`` for image observations, else ``"mlp"``), ``"mlp"``,
+        ``"cnn"`` or ``"gru"`` (a recurrent policy and critic: the mlp or cnn torso, then
+        a GRU cell of width ``hidden[-1]``; its hidden state is reset at episode starts
+        and the update replays whole rollouts through it).
       hidden: hidden widths of both networks.
       activation: hidden activation of the MLP.
       normalize_obs: running observation normalisation.
@@ -68,6 +73,7 @@ class Config:
     algo: str = "npg"
     env_kwargs: tuple[tuple[str, Any], ...] = ()
     env_params: Any = None
+    obs_keep: tuple[int, ...] = ()
     total_timesteps: int = 100_000
     num_envs: int = 8
     num_steps: int = 128
@@ -173,6 +179,13 @@ class Config:
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of "
                              f"{tuple(_ACTIVATIONS)}.")
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in self.obs_keep):
+            raise ValueError(f"obs_keep must be a tuple of observation indices, got "
+                             f"{self.obs_keep!r}.")
+        if self.network == "gru" and getattr(self.options, "fisher_fraction", 1.0) != 1:
+            raise ValueError("network 'gru' replays whole rollouts through its hidden state: "
+                             "fisher_fraction must be 1 (a random subset of steps has no "
+                             f"history), got {self.options.fisher_fraction}.")
         self.options.validate()
         return self
 
@@ -271,7 +284,11 @@ def get_config(
         raise ValueError(f"unknown algo {algo!r}; choose one of {tuple(ALGORITHMS)}.")
     env_kwargs, env_params = _as_pairs(env_kwargs, "env_kwargs"), _as_pairs(env_params,
                                                                               "env_params")
-    make_env(env, env_kwargs, dict(env_params) if isinstance(env_params, tuple) else env_params)
+    if "obs_keep" in overrides:
+        keep = overrides["obs_keep"]
+        overrides["obs_keep"] = (keep,) if isinstance(keep, int) else tuple(keep)
+    make_env(env, env_kwargs, dict(env_params) if isinstance(env_params, tuple) else env_params,
+             overrides.get("obs_keep", ()))
     option_fields = {f.name for f in dataclasses.fields(ALGORITHMS[algo].options)}
     common = {f.name for f in dataclasses.fields(Config)} - {"options", "env", "algo",
                                                             "env_kwargs", "env_params"}

@@ -154,7 +154,8 @@ def _action_space(space: Any) -> tuple[bool, int, np.ndarray | None, np.ndarray 
     )
 
 
-def make_env(env: Any, env_kwargs: Any = (), env_params: Any = None) -> EnvSpec:
+def make_env(env: Any, env_kwargs: Any = (), env_params: Any = None,
+             obs_keep: Any = ()) -> EnvSpec:
     """Build an environment from a registry id or an object, with optional params.
 
     Args:
@@ -164,13 +165,17 @@ def make_env(env: Any, env_kwargs: Any = (), env_params: Any = None) -> EnvSpec:
         pairs), e.g. ``{"size": 16}`` for ``DeepSea-bsuite``.
       env_params: the environment's ``EnvParams``, or a dict of fields to replace in its
         ``default_params`` (e.g. ``{"max_steps_in_episode": 200}``); None for the defaults.
+      obs_keep: indices of a flat observation to keep (e.g. ``(0, 2)``: CartPole-v1
+        without its velocities), applied by :class:`npgjax.rl.wrappers.KeepObservations`;
+        empty keeps everything.
 
     Returns:
       An :class:`EnvSpec`.
 
     Raises:
       ValueError: an unknown id, kwarg or params field (the valid ones are listed), an
-        unsupported action space, or an environment that fails to build.
+        unsupported action space, an environment that fails to build, or ``obs_keep``
+        indices out of range.
 
     Examples:
       >>> from npgjax.rl import make_env
@@ -181,6 +186,10 @@ def make_env(env: Any, env_kwargs: Any = (), env_params: Any = None) -> EnvSpec:
     kwargs = dict(env_kwargs)
     built = _build(env, kwargs)
     params = _params(built, env_params)
+    if obs_keep:
+        from npgjax.rl.wrappers import KeepObservations
+
+        built = KeepObservations(built, obs_keep)
     discrete, dim, low, high = _action_space(built.action_space(params))
     obs_shape = tuple(int(d) for d in built.observation_space(params).shape)
     return EnvSpec(built, params, env_name(env), obs_shape, discrete, dim, low, high)

@@ -1,8 +1,9 @@
 """Policy and value networks (flax.linen, orthogonal initialisation).
 
 ``MLP`` for flat observations, ``CNN`` for images (``[H, W, C]``), ``TorsoHead`` to put
-a linear head on any flax torso, and :func:`make_networks`, which picks them for an
-environment and checks that they fit its observations.
+a linear head on any flax torso, ``GRUNet`` (a torso, a GRU cell and a linear head) for
+policies with memory, and :func:`make_networks`, which picks them for an environment
+and checks that they fit its observations.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["CNN", "MLP", "NETWORKS", "TorsoHead", "make_networks", "orthogonal"]
+__all__ = ["CNN", "MLP", "NETWORKS", "GRUNet", "TorsoHead", "make_networks", "orthogonal"]
 
 
 @jax.custom_batching.sequential_vmap
@@ -170,8 +171,63 @@ class TorsoHead(nn.Module):
         return nn.Dense(self.out, kernel_init=orthogonal(self.out_scale))(self.torso(x))
 
 
-#: The built-in networks of the ``network`` option ("auto" picks cnn for images).
-NETWORKS = ("auto", "mlp", "cnn")
+class GRUNet(nn.Module):
+    """A recurrent network: torso features, a GRU cell, a linear head.
+
+    One call is one time step: ``(carry [..., H], obs) -> (carry, out [..., out])``.
+    Unroll it over time with :func:`npgjax.rl.recurrent.unroll`.
+
+    Attributes:
+      torso: a flax module (or function) mapping observations to features ``[..., F]``.
+      hidden_size: width ``H`` of the GRU's hidden state.
+      out: output width.
+      out_scale: gain of the head's orthogonal init.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> from npgjax.rl import GRUNet
+      >>> net = GRUNet(nn.Dense(8), hidden_size=4, out=2)
+      >>> h = jnp.zeros((5, 4))
+      >>> params = net.init(jax.random.PRNGKey(0), h, jnp.zeros((5, 3)))
+      >>> [a.shape for a in net.apply(params, h, jnp.zeros((5, 3)))]
+      [(5, 4), (5, 2)]
+    """
+
+    torso: Any
+    hidden_size: int
+    out: int
+    out_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, carry: jnp.ndarray, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        cell = nn.GRUCell(self.hidden_size, recurrent_kernel_init=orthogonal())
+        carry, y = cell(carry, self.torso(x))
+        return carry, nn.Dense(self.out, kernel_init=orthogonal(self.out_scale))(y)
+
+    def initial_carry(self, n: int) -> jnp.ndarray:
+        """The zero hidden state of ``n`` environments, ``[n, hidden_size]``."""
+        return jnp.zeros((n, self.hidden_size), jnp.float32)
+
+
+#: The built-in networks of the ``network`` option ("auto" picks cnn for images; "gru"
+#: puts a GRU cell on top of the mlp or cnn torso).
+NETWORKS = ("auto", "mlp", "cnn", "gru")
+
+
+def _gru_pair(obs_shape, out, hidden, activation, policy_torso, critic_torso):
+    def torso(given):
+        if given is not None:
+            return given
+        *widths, h = hidden
+        if len(obs_shape) == 3:
+            return nn.Sequential([CNN(tuple(widths), h, "relu", np.sqrt(2.0)), nn.relu])
+        nd = max(1, len(obs_shape))
+        return nn.Sequential([MLP(tuple(widths), h, activation, np.sqrt(2.0), nd),
+                              _ACTIVATIONS[activation]])
+
+    H = int(hidden[-1])
+    return (GRUNet(torso(policy_torso), H, out, 0.01),
+            GRUNet(torso(critic_torso), H, 1, 1.0))
 
 
 def make_networks(
@@ -188,7 +244,9 @@ def make_networks(
 
     Args:
       network: ``"auto"`` (``"cnn"`` for image observations ``[H, W, C]``, else
-        ``"mlp"``), ``"mlp"`` (observations flattened) or ``"cnn"``.
+        ``"mlp"``), ``"mlp"`` (observations flattened), ``"cnn"`` or ``"gru"``
+        (:class:`GRUNet`: the mlp or cnn torso of widths ``hidden``, then a GRU cell of
+        width ``hidden[-1]``).
       obs_shape: shape of one observation.
       out: the policy's output width (logits or Gaussian means).
       hidden: hidden widths.
@@ -216,6 +274,10 @@ def make_networks(
     image = len(obs_shape) == 3
     if network == "auto":
         network = "cnn" if image else "mlp"
+    if network == "gru":
+        pi, vf = _gru_pair(obs_shape, out, hidden, activation, policy_torso, critic_torso)
+        _check_fits(pi, vf, obs_shape)
+        return pi, vf
     if network == "cnn" and not image:
         raise ValueError(f"network 'cnn' needs image observations [H, W, C]; this "
                          f"environment's observations have shape {obs_shape} (use 'mlp').")
@@ -236,8 +298,11 @@ def make_networks(
 def _check_fits(pi: nn.Module, vf: nn.Module, obs_shape: tuple[int, ...]) -> None:
     dummy = jnp.zeros((2, *obs_shape))
     for name, net, width in (("policy", pi, None), ("critic", vf, 1)):
+        args = (net.initial_carry(2), dummy) if isinstance(net, GRUNet) else (dummy,)
         try:
-            out = jax.eval_shape(lambda n=net: n.init_with_output(jax.random.PRNGKey(0), dummy))[0]
+            out = jax.eval_shape(
+                lambda n=net, a=args: n.init_with_output(jax.random.PRNGKey(0), *a))[0]
+            out = out[1] if isinstance(net, GRUNet) else out
         except Exception as e:
             raise ValueError(f"the {name} network does not fit observations of shape "
                              f"{obs_shape}: {type(e).__name__}: {e}") from e

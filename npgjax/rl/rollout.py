@@ -2,7 +2,8 @@
 
 Termination and truncation are kept apart (GAE bootstraps from the true next
 observation at a truncation), and each step records the running episode return and
-length, from which :func:`record_episodes` keeps the last finished episodes.
+length, from which :func:`record_episodes` keeps the last finished episodes. A recurrent
+policy's hidden state rides in the carry, reset to zeros after every episode end.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from npgjax.rl.envs import EnvSpec
+from npgjax.rl.recurrent import reset_where
 
 Array = jax.Array
 PyTree = Any
@@ -25,17 +27,21 @@ def collect(
     spec: EnvSpec,
     policy: Callable[[Array], Any],
     prep: Callable[[Array], Array],
-    carry: tuple[PyTree, Array, Array, Array],
+    carry: tuple[PyTree, ...],
     key: Array,
     num_steps: int,
-) -> tuple[tuple[PyTree, Array, Array, Array], dict[str, Array]]:
+) -> tuple[tuple[PyTree, ...], dict[str, Array]]:
     """Run ``num_steps`` steps of every environment in ``carry``.
 
     Args:
       spec: the environment.
-      policy: ``policy(prepared_obs) -> distribution`` over a batch of environments.
+      policy: ``policy(prepared_obs) -> distribution`` over a batch of environments; for
+        a recurrent policy (a 5-tuple ``carry``), ``policy(prepared_obs, hidden) ->
+        (distribution, hidden)``.
       prep: observation preprocessing (normalisation), applied to the raw observations.
-      carry: ``(env_state, raw obs, episode return, episode length)`` per environment.
+      carry: ``(env_state, raw obs, episode return, episode length)`` per environment,
+        plus, for a recurrent policy, its hidden state ``[E, H]`` (reset to zeros after
+        each episode end, so it is always the state for the current observation).
       key: PRNG key.
       num_steps: steps per environment.
 
@@ -43,15 +49,21 @@ def collect(
       The new carry, and the trajectory: ``[T, E, ...]`` arrays ``raw_obs``, ``obs``
       (prepared), ``actions``, ``old_logp``, ``reward``, ``terminated``, ``truncated``,
       ``done``, ``next_obs`` (prepared true next observation, before any reset),
-      ``ep_return`` and ``ep_length`` (running, including this step).
+      ``ep_return`` and ``ep_length`` (running, including this step); with a recurrent
+      policy also ``carry``, the hidden state fed to the policy at each step ``[T, E, H]``.
     """
     E = carry[1].shape[0]
     env_step = jax.vmap(spec.env.step, in_axes=(0, 0, 0, None))
+    recurrent = len(carry) == 5
 
     def step(carry, keys):
-        env_state, obs, ep_ret, ep_len = carry
+        env_state, obs, ep_ret, ep_len = carry[:4]
         nobs = prep(obs)
-        dist = policy(nobs)
+        if recurrent:
+            hidden = carry[4]
+            dist, new_hidden = policy(nobs, hidden)
+        else:
+            dist = policy(nobs)
         action = dist.sample(keys[0])
         obs2, env_state, reward, term, trunc, info = env_step(
             keys[1:], env_state, spec.to_env_action(action), spec.params)
@@ -66,6 +78,9 @@ def collect(
         }
         ep_ret = jnp.where(done, 0.0, ep_ret)
         ep_len = jnp.where(done, 0, ep_len)
+        if recurrent:
+            tr["carry"] = hidden
+            return (env_state, obs2, ep_ret, ep_len, reset_where(done, new_hidden)), tr
         return (env_state, obs2, ep_ret, ep_len), tr
 
     # All keys up front: one split instead of two per step.

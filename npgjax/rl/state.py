@@ -37,6 +37,8 @@ class RunnerState(NamedTuple):
       key: PRNG key (training is a deterministic function of it).
       update: number of updates done.
       hparams: the traced hyperparameters (``config.traced``).
+      memory: recurrent networks' hidden states, ``{"pi": [num_envs, H], "vf":
+        [num_envs, H]}`` (zeros at episode starts); ``()`` for memoryless networks.
     """
 
     pi_params: PyTree
@@ -54,6 +56,7 @@ class RunnerState(NamedTuple):
     key: Array
     update: Array
     hparams: dict[str, Array]
+    memory: PyTree = ()
 
 
 class Trainer(NamedTuple):
@@ -65,10 +68,17 @@ class Trainer(NamedTuple):
         critic fit. Scan it for many (or use :func:`run_updates`).
       evaluate: ``evaluate(state) -> {"eval_return", "eval_length"}``: the deterministic
         policy on ``eval_episodes`` fresh environments.
-      act: ``act(pi_params, obs_stats, obs, key=None) -> env actions``: deterministic
-        without a key, sampled with one.
+      act: ``act(pi_params, obs_stats, obs, key=None, carry=None)``: env actions for a
+        batch of observations, deterministic without a key, sampled with one. With a
+        ``carry`` (the hidden states ``[n, H]`` of a recurrent policy, ``()`` for a
+        memoryless one) it returns ``(actions, next_carry)``; a recurrent policy needs
+        it. Start from ``init_carry(n)`` and zero the rows of finished episodes.
       config: the validated config.
       env: the :class:`~npgjax.rl.EnvSpec`.
+      init_carry: ``init_carry(n)``: the policy's initial hidden states for ``n``
+        environments (zeros ``[n, H]``; ``()`` for a memoryless policy).
+      model: the :class:`~npgjax.rl.algos.PolicyModel` the algorithm updates (its
+        ``dist_fn``/``log_prob_fn`` over flat time-major batches).
     """
 
     init: Callable[..., RunnerState]
@@ -77,3 +87,5 @@ class Trainer(NamedTuple):
     act: Callable[..., Array]
     config: Config
     env: EnvSpec
+    init_carry: Callable[[int], PyTree] = lambda n: ()
+    model: Any = None

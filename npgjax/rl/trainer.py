@@ -27,6 +27,12 @@ from npgjax.rl.envs import EnvSpec, make_env
 from npgjax.rl.evaluation import evaluate_episodes
 from npgjax.rl.networks import make_networks
 from npgjax.rl.normalize import RunningStats, init_stats, normalize, update_stats
+from npgjax.rl.recurrent import (
+    check_time_batch,
+    fit_recurrent_critic,
+    unroll,
+    unroll_values,
+)
 from npgjax.rl.rollout import collect, record_episodes
 from npgjax.rl.state import RunnerState, Trainer
 
@@ -47,10 +53,33 @@ class _Parts(NamedTuple):
     vf_net: nn.Module
     algo: Any
     vf_tx: optax.GradientTransformation
+    model: Any = None
+
+    @property
+    def recurrent(self) -> bool:
+        return self.config.network == "gru"
+
+    def _dist(self, pi_params: PyTree, out: Array) -> Any:
+        return Categorical(out) if self.spec.discrete else DiagGaussian(out, pi_params["log_std"])
 
     def policy(self, pi_params: PyTree, obs: Array) -> Any:
-        out = self.pi_net.apply(pi_params["net"], obs)
-        return Categorical(out) if self.spec.discrete else DiagGaussian(out, pi_params["log_std"])
+        if self.recurrent:
+            raise ValueError("a recurrent policy needs its hidden state: use the whole batch "
+                             "(PolicyModel.dist_fn) or act(..., carry=...).")
+        return self._dist(pi_params, self.pi_net.apply(pi_params["net"], obs))
+
+    def policy_step(self, pi_params: PyTree, obs: Array, carry: Array) -> tuple[Any, Array]:
+        carry, out = self.pi_net.apply(pi_params["net"], carry, obs)
+        return self._dist(pi_params, out), carry
+
+    def policy_batch(self, pi_params: PyTree, batch: dict[str, Array]) -> Any:
+        """The recurrent policy over a flat time-major batch, replayed from ``carry[0]``."""
+        T, E = self.config.num_steps, self.config.num_envs
+        check_time_batch(batch, T, E)
+        obs = batch["obs"].reshape((T, E) + batch["obs"].shape[1:])
+        h0 = batch["carry"].reshape((T, E) + batch["carry"].shape[1:])[0]
+        out = unroll(self.pi_net, pi_params["net"], h0, obs, batch["done"].reshape(T, E))[0]
+        return self._dist(pi_params, out.reshape((T * E,) + out.shape[2:]))
 
     def value(self, vf_params: PyTree, obs: Array) -> Array:
         return self.vf_net.apply(vf_params, obs)[..., 0]
@@ -58,10 +87,27 @@ class _Parts(NamedTuple):
     def prep(self, stats: RunningStats, obs: Array) -> Array:
         return normalize(stats, obs) if self.config.normalize_obs else obs
 
+    def init_carry(self, n: int) -> PyTree:
+        return self.pi_net.initial_carry(n) if self.recurrent else ()
+
+    def raw_act(self, pi_params: PyTree, stats: RunningStats, obs: Array,
+                key: Array | None = None, carry: PyTree = None) -> Any:
+        """Policy-space actions (not yet mapped to the env's range), and the next carry."""
+        obs = self.prep(stats, obs)
+        if self.recurrent:
+            if carry is None:
+                raise ValueError("a recurrent policy (network='gru') needs carry=: its hidden "
+                                 "states [n, H], starting from trainer.init_carry(n).")
+            dist, carry = self.policy_step(pi_params, obs, carry)
+        else:
+            dist = self.policy(pi_params, obs)
+        return dist.mode() if key is None else dist.sample(key), carry
+
     def act(self, pi_params: PyTree, stats: RunningStats, obs: Array,
-            key: Array | None = None) -> Array:
-        dist = self.policy(pi_params, self.prep(stats, obs))
-        return self.spec.to_env_action(dist.mode() if key is None else dist.sample(key))
+            key: Array | None = None, carry: PyTree = None) -> Any:
+        a, new_carry = self.raw_act(pi_params, stats, obs, key, carry)
+        a = self.spec.to_env_action(a)
+        return a if carry is None else (a, new_carry)
 
 
 def make_trainer(
@@ -94,16 +140,19 @@ def make_trainer(
     config = config.validate()
     env_params = config.env_params
     spec = make_env(config.env, config.env_kwargs,
-                    dict(env_params) if isinstance(env_params, tuple) else env_params)
+                    dict(env_params) if isinstance(env_params, tuple) else env_params,
+                    config.obs_keep)
     pi_net, vf_net = make_networks(config.network, spec.obs_shape, spec.action_dim,
                                    hidden=config.hidden, activation=config.activation,
                                    policy_torso=policy_torso, critic_torso=critic_torso)
     parts = _Parts(config, spec, pi_net, vf_net, None,
                    optax.inject_hyperparams(optax.adam)(learning_rate=config.vf_lr))
-    model = PolicyModel(parts.policy, config.num_steps, config.num_envs)
-    parts = parts._replace(algo=ALGORITHMS[config.algo].build(model, config.options))
+    model = PolicyModel(parts.policy, config.num_steps, config.num_envs,
+                        parts.policy_batch if parts.recurrent else None)
+    parts = parts._replace(algo=ALGORITHMS[config.algo].build(model, config.options),
+                           model=model)
     return Trainer(_make_init(parts), _make_update(parts), _make_evaluate(parts), parts.act,
-                   config, spec)
+                   config, spec, parts.init_carry, model)
 
 
 def _make_init(parts: _Parts) -> Callable[..., RunnerState]:
@@ -119,11 +168,12 @@ def _make_init(parts: _Parts) -> Callable[..., RunnerState]:
             hp[k] = jnp.asarray(v, jnp.float32)
         key, k_pi, k_vf, k_env = jax.random.split(key, 4)
         dummy = jnp.zeros((1, *spec.obs_shape))
-        pi_params: dict[str, Any] = {"net": parts.pi_net.init(k_pi, dummy)}
+        args = (parts.init_carry(1), dummy) if parts.recurrent else (dummy,)
+        pi_params: dict[str, Any] = {"net": parts.pi_net.init(k_pi, *args)}
         if not spec.discrete:
             pi_params["log_std"] = jnp.full((spec.action_dim,), config.init_log_std,
                                             jnp.float32)
-        vf_params = parts.vf_net.init(k_vf, dummy)
+        vf_params = parts.vf_net.init(k_vf, *args)
         vf_opt_state = parts.vf_tx.init(vf_params)
         vf_opt_state.hyperparams["learning_rate"] = hp["vf_lr"]
         obs, env_state = jax.vmap(spec.env.reset, in_axes=(0, None))(
@@ -135,7 +185,9 @@ def _make_init(parts: _Parts) -> Callable[..., RunnerState]:
             env_state=env_state, obs=obs, ep_return=jnp.zeros(E),
             ep_length=jnp.zeros(E, jnp.int32), return_buffer=jnp.zeros(W),
             length_buffer=jnp.zeros(W), num_episodes=jnp.zeros((), jnp.int32), key=key,
-            update=jnp.zeros((), jnp.int32), hparams=hp)
+            update=jnp.zeros((), jnp.int32), hparams=hp,
+            memory={"pi": parts.init_carry(E), "vf": parts.init_carry(E)}
+            if parts.recurrent else ())
 
     return init
 
@@ -143,52 +195,87 @@ def _make_init(parts: _Parts) -> Callable[..., RunnerState]:
 def _make_update(parts: _Parts) -> Callable[[RunnerState], tuple[RunnerState, dict]]:
     config, policy, value = parts.config, parts.policy, parts.value
     T, B = config.num_steps, config.batch_size
+    model = parts.model
 
     def update(state: RunnerState) -> tuple[RunnerState, dict[str, Array]]:
         hp = state.hparams
         key, k_roll, k_vf, k_pi = jax.random.split(state.key, 4)
         carry = (state.env_state, state.obs, state.ep_return, state.ep_length)
         stats = state.obs_stats
-        (env_state, obs, ep_ret, ep_len), traj = collect(
-            parts.spec, lambda o: policy(state.pi_params, o), lambda o: parts.prep(stats, o),
-            carry, k_roll, T)
-        values = value(state.vf_params, traj["obs"])
-        next_values = value(state.vf_params, traj["next_obs"])
+        if parts.recurrent:
+            carry += (state.memory["pi"],)
+            pol = lambda o, h: parts.policy_step(state.pi_params, o, h)
+        else:
+            pol = lambda o: policy(state.pi_params, o)
+        carry, traj = collect(parts.spec, pol, lambda o: parts.prep(stats, o), carry, k_roll, T)
+        env_state, obs, ep_ret, ep_len = carry[:4]
+        if parts.recurrent:
+            values, next_values, vf_carry = unroll_values(
+                parts.vf_net, state.vf_params, state.memory["vf"], traj["obs"],
+                traj["next_obs"], traj["done"])
+            memory = {"pi": carry[4], "vf": vf_carry}
+        else:
+            values = value(state.vf_params, traj["obs"])
+            next_values = value(state.vf_params, traj["next_obs"])
+            memory = state.memory
         adv, targets = gae(traj["reward"], values, next_values, traj["terminated"],
                            traj["truncated"], hp["gamma"], hp["gae_lambda"])
-        flat = {k: traj[k].reshape((B,) + traj[k].shape[2:])
-                for k in ("obs", "actions", "old_logp")}
+        keys = ("obs", "actions", "old_logp") + (("carry", "done") if parts.recurrent else ())
+        flat = {k: traj[k].reshape((B,) + traj[k].shape[2:]) for k in keys}
         a = adv.reshape(B)
         flat["adv"] = normalize_advantages(a) if config.normalize_adv else a
         progress = state.update.astype(jnp.float32) / config.num_updates
         pi_params, pi_opt_state, diag = parts.algo.step(
             state.pi_params, state.pi_opt_state, UpdateData(flat, traj, next_values), hp,
             progress, k_pi)
-        vf_params, vf_opt_state = fit_critic(
-            value, parts.vf_tx, state.vf_params, state.vf_opt_state, flat["obs"],
-            targets.reshape(B), k_vf, epochs=config.vf_epochs,
-            minibatch=config.vf_minibatch or B)
+        vf_params, vf_opt_state = _fit_critic(parts, state, traj, flat, targets, k_vf)
         if config.normalize_obs:
             stats = update_stats(stats, traj["raw_obs"])
         buffers, mean_ret, mean_len = record_episodes(
             (state.return_buffer, state.length_buffer, state.num_episodes), traj)
         metrics = _metrics(state, traj, buffers[2], mean_ret, mean_len, values, targets,
-                           policy(state.pi_params, flat["obs"]), policy(pi_params, flat["obs"]),
+                           model.dist_fn(state.pi_params, flat), model.dist_fn(pi_params, flat),
                            B)
         new_state = RunnerState(
             pi_params, vf_params, vf_opt_state, pi_opt_state, stats, env_state, obs, ep_ret,
-            ep_len, buffers[0], buffers[1], buffers[2], key, state.update + 1, hp)
+            ep_len, buffers[0], buffers[1], buffers[2], key, state.update + 1, hp, memory)
         return new_state, {**metrics, **diag}
 
     return update
 
 
+def _fit_critic(parts: _Parts, state: RunnerState, traj: dict[str, Array],
+                flat: dict[str, Array], targets: Array, key: Array) -> tuple[PyTree, PyTree]:
+    config = parts.config
+    B = config.batch_size
+    if not parts.recurrent:
+        return fit_critic(parts.value, parts.vf_tx, state.vf_params, state.vf_opt_state,
+                          flat["obs"], targets.reshape(B), key, epochs=config.vf_epochs,
+                          minibatch=config.vf_minibatch or B)
+    # Whole environments per minibatch: as many steps as vf_minibatch, where that divides.
+    E = config.num_envs
+    mb = max(1, (config.vf_minibatch or B) // config.num_steps)
+    return fit_recurrent_critic(
+        parts.vf_net, parts.vf_tx, state.vf_params, state.vf_opt_state,
+        (state.memory["vf"], traj["obs"], traj["done"]), targets, key,
+        epochs=config.vf_epochs, minibatch_envs=mb if E % mb == 0 else E)
+
+
 def _make_evaluate(parts: _Parts) -> Callable[[RunnerState], dict[str, Array]]:
+    n = parts.config.eval_episodes
+
     def evaluate(state: RunnerState) -> dict[str, Array]:
         key = jax.random.fold_in(state.key, _EVAL_SALT)
-        ret, length = evaluate_episodes(
-            parts.spec, lambda o, k: parts.act(state.pi_params, state.obs_stats, o), key,
-            parts.config.eval_episodes)
+        # Policy-space actions: evaluate_episodes maps them to the env's range itself.
+        if parts.recurrent:
+            ret, length = evaluate_episodes(
+                parts.spec, lambda o, k, h: parts.raw_act(state.pi_params, state.obs_stats,
+                                                          o, carry=h),
+                key, n, carry=parts.init_carry(n))
+        else:
+            ret, length = evaluate_episodes(
+                parts.spec, lambda o, k: parts.raw_act(state.pi_params, state.obs_stats, o)[0],
+                key, n)
         return {"eval_return": jnp.mean(ret), "eval_length": jnp.mean(length)}
 
     return evaluate

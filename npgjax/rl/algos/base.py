@@ -53,21 +53,31 @@ class PolicyModel(NamedTuple):
       dist: ``dist(params, obs) -> distribution`` (Categorical or DiagGaussian).
       num_steps: rollout length ``T``.
       num_envs: parallel environments ``E`` (the batch is ``T * E`` samples, time-major).
+      dist_batch: for a recurrent policy, ``dist_batch(params, batch) -> distribution``
+        over the whole flat batch, replayed through time from ``batch["carry"]`` (see
+        :mod:`npgjax.rl.recurrent`); ``dist_fn`` and ``log_prob_fn`` use it when set.
     """
 
     dist: Callable[[PyTree, Array], Any]
     num_steps: int
     num_envs: int
+    dist_batch: Callable[[PyTree, dict[str, Array]], Any] | None = None
 
     @property
     def batch_size(self) -> int:
         return self.num_steps * self.num_envs
 
+    @property
+    def recurrent(self) -> bool:
+        return self.dist_batch is not None
+
     def dist_fn(self, params: PyTree, batch: dict[str, Array]) -> Any:
+        if self.dist_batch is not None:
+            return self.dist_batch(params, batch)
         return self.dist(params, batch["obs"])
 
     def log_prob_fn(self, params: PyTree, batch: dict[str, Array]) -> Array:
-        return self.dist(params, batch["obs"]).log_prob(batch["actions"])
+        return self.dist_fn(params, batch).log_prob(batch["actions"])
 
     def loss_fn(self, params: PyTree, batch: dict[str, Array]) -> Array:
         return surrogate_loss(self.log_prob_fn(params, batch), batch["old_logp"], batch["adv"])
@@ -77,7 +87,8 @@ class UpdateData(NamedTuple):
     """What one policy update sees.
 
     Attributes:
-      batch: flat samples ``[T * E, ...]``: ``obs``, ``actions``, ``old_logp``, ``adv``.
+      batch: flat samples ``[T * E, ...]``: ``obs``, ``actions``, ``old_logp``, ``adv``
+        (a recurrent policy's batch also ``carry`` and ``done``).
       traj: the ``[T, E]`` rollout: ``reward``, ``terminated``, ``truncated``, ``done``.
       next_values: ``[T, E]`` critic values of the true next observations.
     """

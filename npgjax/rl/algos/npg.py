@@ -6,8 +6,10 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
+from npgjax.logprob import segment_log_probs
 from npgjax.rl.algos.base import (
     TRACED,
     Algorithm,
@@ -33,9 +35,14 @@ class NPGOptions:
         training (1.0 keeps it constant).
       damping: Fisher damping (traced).
       cg_iters: conjugate-gradient iterations.
-      fisher: ``"analytic"`` (KL Hessian, exact expectation over actions) or
-        ``"empirical"`` (score outer products).
-      fisher_fraction: fraction of the batch used for the Fisher (TRPO used 0.1).
+      fisher: ``"analytic"`` (KL Hessian, exact expectation over actions),
+        ``"empirical"`` (score outer products, one per step) or ``"trajectory"`` (the
+        empirical Fisher of whole episode segments: the outer products of the scores of
+        their log-probabilities, :func:`npgjax.segment_log_probs`; ``max_kl`` then
+        bounds the KL per segment rather than per step).
+      fisher_fraction: fraction of the batch used for the Fisher (TRPO used 0.1); must
+        be 1 for ``"trajectory"`` and for recurrent networks, whose samples are not
+        independent steps.
     """
 
     max_kl: float = dataclasses.field(default=0.01, metadata=TRACED)
@@ -46,13 +53,17 @@ class NPGOptions:
     fisher_fraction: float = 1.0
 
     def validate(self) -> None:
-        if self.fisher not in ("analytic", "empirical"):
-            raise ValueError(f"fisher must be 'analytic' or 'empirical', got {self.fisher!r}.")
+        if self.fisher not in ("analytic", "empirical", "trajectory"):
+            raise ValueError(f"fisher must be 'analytic', 'empirical' or 'trajectory', got "
+                             f"{self.fisher!r}.")
         if int(self.cg_iters) < 1:
             raise ValueError(f"cg_iters must be a positive integer, got {self.cg_iters}.")
         _check_kl_options(self)
         if not 0 < self.fisher_fraction <= 1:
             raise ValueError(f"fisher_fraction must be in (0, 1], got {self.fisher_fraction}.")
+        if self.fisher == "trajectory" and self.fisher_fraction != 1:
+            raise ValueError("fisher='trajectory' uses whole episode segments: "
+                             f"fisher_fraction must be 1, got {self.fisher_fraction}.")
 
 
 def _check_kl_options(opts: Any) -> None:
@@ -69,8 +80,15 @@ def _check_kl_options(opts: Any) -> None:
 def build_natural(model: PolicyModel, opts: NPGOptions,
                   line_search: dict[str, Any] | None = None) -> PolicyUpdate:
     """NPG's (or, with ``line_search``, TRPO's) update for ``model``."""
-    fisher_source = ({"dist_fn": model.dist_fn} if opts.fisher == "analytic"
-                     else {"log_prob_fn": model.log_prob_fn})
+    T, E = model.num_steps, model.num_envs
+
+    def seg_log_prob_fn(p, b):
+        lp = model.log_prob_fn(p, b).reshape(T, E)
+        return segment_log_probs(lp, b["done"].reshape(T, E))[0]
+
+    fisher_source = {"analytic": {"dist_fn": model.dist_fn},
+                     "empirical": {"log_prob_fn": model.log_prob_fn},
+                     "trajectory": {"log_prob_fn": seg_log_prob_fn}}[opts.fisher]
     tx = natural_chain(fisher_source, max_kl=opts.max_kl, damping=opts.damping,
                        cg_iters=opts.cg_iters, line_search=line_search)
     B = model.batch_size
@@ -83,6 +101,12 @@ def build_natural(model: PolicyModel, opts: NPGOptions,
     def step(params, opt_state, data: UpdateData, hparams, progress, key):
         batch = data.batch
         fisher_batch = batch
+        extra = {}
+        if opts.fisher == "trajectory":
+            done = data.traj["done"]
+            batch = fisher_batch = dict(batch, done=done.reshape(-1))
+            extra["fisher_mask"] = segment_log_probs(
+                jnp.zeros(done.shape), done)[1].astype(jnp.float32)
         if n_fisher < B:
             idx = jax.random.permutation(key, B)[:n_fisher]
             fisher_batch = jax.tree.map(lambda x: x[idx], batch)
@@ -90,7 +114,7 @@ def build_natural(model: PolicyModel, opts: NPGOptions,
         max_kl = decayed_max_kl(hparams["max_kl"], opts.max_kl_decay, progress)
         opt_state = set_hyperparams(opt_state, max_kl=max_kl, damping=hparams["damping"])
         updates, opt_state = tx.update(g, opt_state, params, batch=batch,
-                                       fisher_batch=fisher_batch)
+                                       fisher_batch=fisher_batch, **extra)
         return optax.apply_updates(params, updates), opt_state, natural_diagnostics(opt_state)
 
     return PolicyUpdate(init, step)
