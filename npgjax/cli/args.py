@@ -178,6 +178,23 @@ def choose_chunk_updates(num_updates: int, requested: int | None = None) -> int:
     return min(divisors, key=lambda d: (abs(d - target), -d))
 
 
+class _ObsKeepAction(argparse.Action):
+    """``--obs-keep 0,2`` -> the override ``obs_keep=(0, 2)`` appended to ``--set``'s list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            keep = tuple(int(v) for v in str(values).replace(" ", "").split(",") if v != "")
+        except ValueError:
+            parser.error(f"{option_string} expects comma-separated observation indices such "
+                         f"as 0,2; got {values!r}")
+        if not keep:
+            parser.error(f"{option_string} expects at least one observation index")
+        items = list(getattr(namespace, "overrides", None) or [])
+        if any(i.partition("=")[0].strip() == "obs_keep" for i in items):
+            parser.error(f"{option_string} given twice (or with --set obs_keep=...)")
+        namespace.overrides = items + [f"obs_keep={keep}"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npgjax-train",
@@ -206,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="KEY=VALUE",
                         help="set a config field, e.g. --set max_kl=0.02 "
                         "--set 'hidden=(32, 32)' (repeatable)")
+    parser.add_argument("--obs-keep", action=_ObsKeepAction, default=None, metavar="I,J",
+                        help="keep only these observation indices (a partially observed "
+                        "task), e.g. --env CartPole-v1 --obs-keep 0,2 drops the velocities; "
+                        "same as --set 'obs_keep=(0, 2)'")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="output directory (default: runs/<env>-<algo>)")
     parser.add_argument("--chunk-updates", type=_positive_int, default=None, metavar="K",
