@@ -43,11 +43,16 @@ class SolveInfo(NamedTuple):
       residual_norm: :math:`\\|b - A x\\|` (CG's recursive estimate, exact in exact
         arithmetic).
       converged: whether the residual met the tolerance.
+      first_curvature: :math:`b^\\top A b`, from CG's first iteration (started from
+        zero); None for solvers that do not compute it. It sizes CG's first iterate
+        :math:`(b^\\top b / b^\\top A b)\\, b`, which
+        :func:`npgjax.precondition_by_fisher` falls back to when a solve goes wrong.
     """
 
     iterations: Array
     residual_norm: Array
     converged: Array
+    first_curvature: Array | None = None
 
 
 def conjugate_gradient(
@@ -110,13 +115,14 @@ def conjugate_gradient(
     thresh2 = jnp.maximum(tol * bnorm, atol) ** 2
 
     def cond(state):
-        k, _, _, _, rr, ok = state
+        k, _, _, _, rr, ok, _ = state
         return (k < max_iters) & (rr > thresh2) & ok
 
     def body(state):
-        k, x, r, p, rr, _ = state
+        k, x, r, p, rr, _, pap0 = state
         Ap = matvec(p)
         pAp = tree_vdot(p, Ap)
+        pap0 = jnp.where(k == 0, pAp, pap0)
         ok = pAp > 0
         alpha = jnp.where(ok, rr / jnp.where(ok, pAp, 1.0), 0.0)
         x = tree_axpy(alpha, p, x)
@@ -126,12 +132,15 @@ def conjugate_gradient(
         p = tree_axpy(beta, p, r)
         # A non-finite p^T A p (a NaN operator) is reported as a NaN residual.
         rr_out = jnp.where(ok, rr_new, jnp.where(jnp.isfinite(pAp), rr, jnp.nan))
-        return k + 1, x, r, p, rr_out, ok
+        return k + 1, x, r, p, rr_out, ok, pap0
 
-    init = (jnp.zeros((), jnp.int32), x, r, r, rr, jnp.asarray(True))
-    k, x, _, _, rr, ok = jax.lax.while_loop(cond, body, init)
+    nan = jnp.full((), jnp.nan, rr.dtype)
+    init = (jnp.zeros((), jnp.int32), x, r, r, rr, jnp.asarray(True), nan)
+    k, x, _, _, rr, ok, pap0 = jax.lax.while_loop(cond, body, init)
     res = jnp.sqrt(rr)
-    return x, SolveInfo(k, res, ok & (rr <= thresh2))
+    # p_0 = b only when starting from zero.
+    first = pap0 if x0 is None else None
+    return x, SolveInfo(k, res, ok & (rr <= thresh2), first)
 
 
 def default_tol(b: PyTree) -> float:

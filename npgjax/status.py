@@ -50,6 +50,11 @@ class Status(enum.IntFlag):
       :math:`g^\top x` by more than 10% (they are equal in exact arithmetic); the step
       was scaled with the real product, the smaller step.
     * ``KL_GUARD_SHRUNK``: the KL guard shrank the step.
+    * ``DAMPING_DOMINATED``: the undamped Fisher accounts for under 1% of the step's
+      model KL (``predicted_kl`` far below ``max_kl``): the step moves along directions
+      the Fisher barely sees (fewer samples than parameters, or float32 rounding on an
+      ill-conditioned Fisher), so its real KL is unchecked. Use the KL guard, TRPO,
+      more samples or float64.
     """
 
     OK = 0
@@ -65,6 +70,7 @@ class Status(enum.IntFlag):
     GRADIENT_FALLBACK = 1 << 10
     CG_INACCURATE = 1 << 11
     KL_GUARD_SHRUNK = 1 << 12
+    DAMPING_DOMINATED = 1 << 13
 
 
 #: Bits that come with a zero update.

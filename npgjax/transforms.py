@@ -73,6 +73,10 @@ __all__ = [
 #: Relative excess of x^T (F + lambda I) x over g^T x that counts as a CG inaccuracy
 #: (float32 rounding on a truncated CG moves it by about 1%).
 _MODEL_RTOL = 0.1
+#: Fraction of the step's model KL below which the undamped Fisher counts as blind to it.
+_DAMPED_FRACTION = 1e-2
+#: Margin on CG's objective before an answer counts as worse than its first iterate.
+_Q_RTOL = 1e-3
 
 
 class PreconditionByFisherState(NamedTuple):
@@ -117,37 +121,45 @@ def _bits(flags: list[tuple[Array, Status]]) -> Array:
     return sum((jnp.where(c, int(b), 0) for c, b in flags), jnp.zeros((), jnp.int32))
 
 
-def _natural_step(matvec, g, x, residual, max_kl, damping):
-    """Rescue, scale and check the solver's answer; one extra product ``matvec(d)``."""
+def _natural_step(matvec, g, x, info, max_kl, damping):
+    """Check, rescue and scale the solver's answer; one extra product ``matvec(x)``."""
     gg, gx = tree_vdot(g, g), tree_vdot(g, x)
-    x_ok = (gx > 0) & jnp.isfinite(gx) & tree_all_finite(x)
-    # g^T x <= 0 for g != 0 (rounding on an ill-conditioned F, or a breakdown): step
-    # along g instead, scaled as CG's first iterate t g, t = g^T g / g^T A g.
+    ax = matvec(x)
+    xax = tree_vdot(x, ax)
+    gag = info.first_curvature
+    if gag is None:  # a solver without CG's first curvature: one more product
+        gag = tree_vdot(g, matvec(g))
+    curv_ok = (gag > 0) & jnp.isfinite(gag)
+    t = gg / jnp.where(curv_ok, gag, 1.0)
+    # CG minimises q(x) = x^T A x / 2 - g^T x and its first iterate t g has q = -t g^T g / 2;
+    # an answer worse than that (or with g^T x <= 0) was spoilt by rounding: use t g.
+    q_first = -0.5 * t * gg
+    q_x = 0.5 * xax - gx
+    x_ok = (gx > 0) & jnp.isfinite(q_x) & tree_all_finite(x)
+    x_ok = x_ok & (~curv_ok | (q_x <= q_first + _Q_RTOL * jnp.abs(q_first)))
     fallback = (gg > 0) & ~x_ok
-    d = tree_where(fallback, g, x)
-    ad = matvec(d)
-    dad = tree_vdot(d, ad)
-    curv_ok = (dad > 0) & jnp.isfinite(dad)
-    t = gg / jnp.where(curv_ok, dad, 1.0)
     x = tree_where(fallback, tree_scale(t, g), x)
     gx = jnp.where(fallback, t * gg, gx)
-    xax = jnp.where(fallback, t * t * dad, dad)
+    xax = jnp.where(fallback, t * gg, xax)
     # In exact arithmetic x^T A x = g^T x; a larger real product means CG lost accuracy,
     # and scaling with it gives the smaller, safe step.
-    inaccurate = ~fallback & x_ok & (xax > (1.0 + _MODEL_RTOL) * gx)
+    inaccurate = ~fallback & (xax > (1.0 + _MODEL_RTOL) * gx)
     denom = jnp.where(inaccurate, xax, gx)
-    one = jnp.ones((), gx.dtype)
-    scale = one if max_kl is None else trust_region_scale(denom, max_kl)
+    scale = jnp.ones((), gx.dtype) if max_kl is None else trust_region_scale(denom, max_kl)
     xnorm2 = tree_vdot(x, x)
-    pred_kl = 0.5 * scale**2 * jnp.maximum(xax - damping * xnorm2, 0.0)
+    xfx = jnp.maximum(xax - damping * xnorm2, 0.0)  # the undamped quadratic form
+    pred_kl = 0.5 * scale**2 * xfx
     g_finite = tree_all_finite(g)
-    op_bad = ~jnp.isfinite(dad) | ~tree_all_finite(ad) | (~fallback & ~jnp.isfinite(residual))
+    op_bad = jnp.where(
+        fallback, ~jnp.isfinite(gag), ~jnp.isfinite(xax) | ~jnp.isfinite(info.residual_norm)
+    )
     status = _bits([
         (~g_finite, Status.NONFINITE_GRADIENT),
         (g_finite & op_bad, Status.NONFINITE_FISHER),
         (g_finite & ~op_bad & fallback & ~curv_ok, Status.SINGULAR_FISHER),
-        (fallback & curv_ok & g_finite & ~op_bad, Status.GRADIENT_FALLBACK),
+        (g_finite & ~op_bad & fallback & curv_ok, Status.GRADIENT_FALLBACK),
         (inaccurate, Status.CG_INACCURATE),
+        ((xax > 0) & (xfx < _DAMPED_FRACTION * xax), Status.DAMPING_DOMINATED),
     ])
     denom_c = jnp.sqrt(gg) * jnp.sqrt(xnorm2)
     cosine = jnp.where(denom_c > 0, gx / jnp.where(denom_c > 0, denom_c, 1.0), 0.0)
@@ -300,7 +312,7 @@ def precondition_by_fisher(
         matvec = damped(make_fisher(params, data, fisher_mask), damping)
         x, info = solve(matvec, updates)
         x, scale, gx, pred_kl, cosine, status = _natural_step(
-            matvec, updates, x, info.residual_norm, max_kl, damping
+            matvec, updates, x, info, max_kl, damping
         )
         status = status | _hyper_status(max_kl, damping, fisher_mask)
         skipped = (status & ZERO_UPDATE_BITS) != 0
