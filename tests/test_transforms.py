@@ -203,3 +203,161 @@ def test_bad_input_errors():
     nan_g = jax.tree.map(lambda x: x.at[..., 0].set(jnp.nan), g)
     with pytest.raises(ValueError, match="NaN"):
         tx.update(nan_g, state, params, batch=batch)
+
+
+# ---------------------------------------------------------------- hardening (issue 12)
+
+
+def _info(iters=0):
+    z = jnp.zeros((), jnp.float32)
+    return npgjax.SolveInfo(jnp.asarray(iters, jnp.int32), z, jnp.asarray(True))
+
+
+def test_bad_solve_falls_back_to_kl_scaled_gradient(x64):
+    """g^T x <= 0 from the solver never gives a silent zero step."""
+    params, batch, _, log_prob_fn, loss_fn = _setup(dtype=jnp.float64)
+    g = jax.grad(loss_fn)(params, batch)
+    bad_solver = lambda mv, b: (jax.tree.map(jnp.negative, b), _info())
+    tx = npgjax.precondition_by_fisher(log_prob_fn, max_kl=0.01, damping=0.1, solver=bad_solver)
+    u, s = tx.update(g, tx.init(params), params, batch=batch)
+    assert npgjax.describe_status(s.status) == ["GRADIENT_FALLBACK"] and not bool(s.skipped)
+    d, gf = _flat(u), _flat(g)
+    # Along the gradient, with the damped model's KL exactly max_kl.
+    np.testing.assert_allclose(d / jnp.linalg.norm(d), gf / jnp.linalg.norm(gf), rtol=1e-10)
+    F = npgjax.dense_fisher(log_prob_fn, params, batch, damping=0.1)
+    assert float(0.5 * d @ F @ d) == pytest.approx(0.01, rel=1e-9)
+    assert float(s.predicted_kl) == pytest.approx(float(0.5 * d @ (F - 0.1 * jnp.eye(d.size)) @ d))
+
+
+def test_overlong_solve_is_scaled_by_the_real_product(x64):
+    """A solve whose x^T A x exceeds g^T x is scaled with the real product (one FVP)."""
+    params, batch, _, log_prob_fn, loss_fn = _setup(dtype=jnp.float64)
+    g = jax.grad(loss_fn)(params, batch)
+    F = npgjax.dense_fisher(log_prob_fn, params, batch)
+    _, unravel = jax.flatten_util.ravel_pytree(g)
+
+    def long_solver(mv, b):  # 1.2 x the exact answer: x^T A x = 1.2 g^T x
+        x = jnp.linalg.solve(F + 0.1 * jnp.eye(F.shape[0]), _flat(b))
+        return unravel(1.2 * x), _info()
+
+    tx = npgjax.precondition_by_fisher(log_prob_fn, max_kl=0.01, damping=0.1, solver=long_solver)
+    u, s = tx.update(g, tx.init(params), params, batch=batch)
+    assert bool(s.status & npgjax.Status.CG_INACCURATE) and not bool(s.skipped)
+    d = _flat(u)
+    # The damped model's KL of the step is max_kl, not max_kl * x^T A x / g^T x.
+    assert float(0.5 * d @ (F + 0.1 * jnp.eye(d.size)) @ d) == pytest.approx(0.01, rel=1e-9)
+    assert float(s.predicted_kl) == pytest.approx(float(0.5 * d @ F @ d), rel=1e-6)
+
+
+def test_singular_fisher_along_gradient_is_flagged():
+    params, batch, _, log_prob_fn, loss_fn = _setup()
+    g = jax.grad(loss_fn)(params, batch)
+    # No curvature at all: every sample masked out and no damping.
+    tx = npgjax.precondition_by_fisher(log_prob_fn, max_kl=0.01, damping=0.0)
+    u, s = tx.update(g, tx.init(params), params, batch=batch, fisher_mask=jnp.zeros(32))
+    assert bool(s.skipped) and bool(s.status & npgjax.Status.SINGULAR_FISHER)
+    assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(u))
+    # An indefinite operator: CG breaks down on its first iteration.
+    neg = lambda p, b, m=None: (lambda v: jax.tree.map(jnp.negative, v))
+    tx = npgjax.precondition_by_fisher(fisher=neg, max_kl=0.01, damping=0.0)
+    u, s = jax.jit(lambda g: tx.update(g, tx.init(params), params, batch=batch))(g)
+    assert bool(s.skipped) and npgjax.describe_status(s.status) == ["SINGULAR_FISHER"]
+    # With damping, an empty mask leaves a damping-only step, and says so.
+    tx = npgjax.precondition_by_fisher(log_prob_fn, max_kl=0.01)
+    u, s = tx.update(g, tx.init(params), params, batch=batch, fisher_mask=jnp.zeros(32))
+    assert not bool(s.skipped) and float(s.predicted_kl) == 0.0
+    assert npgjax.describe_status(s.status) == ["DAMPING_DOMINATED"]
+
+
+def test_default_cg_tol_is_float32_precision():
+    params, batch, _, log_prob_fn, loss_fn = _setup(n=64)
+    g = jax.grad(loss_fn)(params, batch)
+    tx = npgjax.precondition_by_fisher(log_prob_fn, max_kl=0.01, cg_iters=200)
+    _, s = tx.update(g, tx.init(params), params, batch=batch)
+    assert float(s.cg_residual) <= 10 * np.finfo(np.float32).eps
+    assert 0 < int(s.cg_iterations) < 200
+
+
+def _overshooting_problem():
+    """float32, log-std -10 and observations x100: the quadratic model is far off."""
+    params, batch, dist_fn, log_prob_fn = make_problem("gaussian", key=0, n=1, dtype=jnp.float32)
+    params["log_std"] = params["log_std"] - 10.0
+    obs = batch["obs"] * 100
+    batch = {"obs": obs, "actions": dist_fn(params, {"obs": obs}).sample(jax.random.PRNGKey(7))}
+    batch = dict(batch, adv=jnp.ones(1), old_logp=log_prob_fn(params, batch))
+
+    def loss_fn(p, b):
+        return npgjax.surrogate_loss(log_prob_fn(p, b), b["old_logp"], b["adv"])
+
+    return params, batch, dist_fn, loss_fn
+
+
+def test_kl_guard_bounds_the_measured_kl():
+    params, batch, dist_fn, loss_fn = _overshooting_problem()
+    g = jax.grad(loss_fn)(params, batch)
+    kl = npgjax.mean_kl(dist_fn)
+    plain = npgjax.npg(dist_fn=dist_fn, max_kl=0.01)
+    guarded = npgjax.npg(dist_fn=dist_fn, max_kl=0.01, max_kl_factor=1.5)
+    u, _ = plain.update(g, plain.init(params), params, batch=batch)
+    assert float(kl(optax.apply_updates(params, u), params, batch)) > 0.1  # the model fails
+    u, s = jax.jit(lambda g: guarded.update(g, guarded.init(params), params, batch=batch))(g)
+    measured = float(kl(optax.apply_updates(params, u), params, batch))
+    d = npgjax.diagnostics(s)
+    assert 0 < measured <= 0.015 and bool(d["guard_accepted"]) and int(d["guard_tries"]) > 1
+    assert float(d["guard_kl"]) == pytest.approx(measured, rel=1e-3)
+    assert float(d["guard_proposed_kl"]) > 0.1
+    assert npgjax.describe_status(d["guard_status"]) == ["KL_GUARD_SHRUNK"]
+    with pytest.raises(ValueError, match="needs max_kl"):
+        npgjax.npg(dist_fn=dist_fn, learning_rate=0.1, max_kl_factor=1.5)
+    with pytest.raises(ValueError, match="kl_fn"):
+        npgjax.npg(lambda p, b: b, max_kl=0.01, max_kl_factor=1.5)
+    with pytest.raises(ValueError, match="at least 1"):
+        npgjax.kl_guard(npgjax.mean_kl(dist_fn), max_kl=0.01, max_kl_factor=0.5)
+
+
+def test_diagnostics_finds_states_in_any_chain():
+    params, batch, dist_fn, log_prob_fn, loss_fn = _setup()
+    g = jax.grad(loss_fn)(params, batch)
+    trpo = npgjax.trpo(dist_fn, loss_fn, max_kl=0.01)
+    _, s = trpo.update(g, trpo.init(params), params, batch=batch)
+    d = npgjax.diagnostics(s)
+    for key in ("predicted_kl", "cg_iterations", "skipped", "status", "ls_tries", "ls_accepted",
+                "ls_kl", "ls_proposed_kl", "ls_proposed_norm", "ls_status"):
+        assert key in d
+    assert float(d["ls_proposed_kl"]) >= float(d["ls_kl"]) > 0 and float(d["ls_proposed_norm"]) > 0
+    assert d["predicted_kl"] is s[0].predicted_kl and d["ls_tries"] is s[2].tries
+    # inject_hyperparams, nested in a chain, under jit and vmap.
+    inner = optax.inject_hyperparams(npgjax.precondition_by_fisher, static_args=("log_prob_fn",))
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     inner(log_prob_fn=log_prob_fn, max_kl=0.01), optax.scale(-1.0))
+    step = jax.vmap(lambda b: npgjax.diagnostics(
+        tx.update(g, tx.init(params), params, batch=b)[1]))
+    d = jax.jit(step)(jax.tree.map(lambda x: jnp.stack([x, x]), batch))
+    assert d["predicted_kl"].shape == (2,) and "ls_kl" not in d
+    np.testing.assert_array_equal(d["status"], [0, 0])
+    assert npgjax.diagnostics(optax.adam(1e-3).init(params)) == {}
+
+
+def test_damping_defaults_are_consistent_and_safe():
+    import inspect
+
+    defaults = {
+        f.__name__: inspect.signature(f).parameters["damping"].default
+        for f in (npgjax.npg, npgjax.trpo, npgjax.precondition_by_fisher)
+    }
+    assert set(defaults.values()) == {0.1}, defaults
+    # The issue's case: a small classifier, npg(learning_rate=1.0) with the default damping.
+    params, batch, _, log_prob_fn = make_problem("categorical", n=64, dtype=jnp.float32)
+    w = jax.tree.map(lambda x: 0.5 * x, params)
+
+    def loss(p):
+        return -jnp.mean(log_prob_fn(p, batch))
+
+    tx = npgjax.npg(log_prob_fn, learning_rate=1.0)
+    state = tx.init(w)
+    losses = [float(loss(w))]
+    for _ in range(4):
+        u, state = tx.update(jax.grad(loss)(w), state, w, batch=batch)
+        w = optax.apply_updates(w, u)
+        losses.append(float(loss(w)))
+    assert losses[-1] < losses[0] and max(losses) < 2 * losses[0], losses
