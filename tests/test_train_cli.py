@@ -253,6 +253,9 @@ def test_old_pickle_checkpoint_is_refused_without_unpickling(tmp_path, capsys, m
         "state_sha256": hashlib.sha256((old / "checkpoint.msgpack").read_bytes()).hexdigest()}))
     with pytest.raises(ValueError, match="is a pickle"):
         load_policy(old)
+    # A fresh run in that folder replaces the old run: no pickle is left behind.
+    assert main([*TINY, "--out", str(old), "--no-plot"]) == 0
+    assert not list(old.glob("*.pkl")) and (old / "checkpoint.json").exists()
 
 
 def test_future_format_version_is_refused(runs, tmp_path, capsys):
