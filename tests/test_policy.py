@@ -191,3 +191,23 @@ def test_environment_object_needs_env(tmp_path):
         load_policy(run, env=get_config("Acrobot-v1").env)
     policy = load_policy(run, env=CartPole())
     assert policy.act(jnp.zeros((3, 4))).shape == (3,)
+
+
+def test_evaluate_policy_on_box_actions_maps_them_once(pendulum):
+    """evaluate_policy steps the env with exactly policy.act's actions (already in the
+    env's range), replayed here step by step with the same keys."""
+    _, _, run = pendulum
+    policy = load_policy(run)
+    spec, n, steps = policy.env, 3, 5
+    key = jax.random.PRNGKey(9)
+    ret, _ = evaluate_policy(policy, key, n, max_steps=steps)
+    k_reset, k = jax.random.split(key)
+    obs, state = jax.vmap(spec.env.reset, in_axes=(0, None))(jax.random.split(k_reset, n),
+                                                             spec.params)
+    total = jnp.zeros(n)
+    for _ in range(steps):
+        k, _, k_env = jax.random.split(k, 3)
+        obs, state, reward, _, _, _ = jax.vmap(spec.env.step, in_axes=(0, 0, 0, None))(
+            jax.random.split(k_env, n), state, policy.act(obs), spec.params)
+        total = total + reward
+    np.testing.assert_allclose(ret, total, rtol=1e-5)
