@@ -157,9 +157,9 @@ def read_metadata(run_dir: Path) -> dict[str, Any]:
                 f"{run_dir / OLD_FILE} is a checkpoint of an older npgjax (format version 1, "
                 "a pickle: unsafe to load, so no longer read); rerun the training (without "
                 "--resume) to write the current format.")
-        what = "directory" if run_dir.is_dir() else "directory (it does not exist)"
-        raise CheckpointError(f"no checkpoint in {what} {run_dir} (expected {META_FILE} and "
-                              f"{STATE_FILE}, written by npgjax-train or save_policy).")
+        why = ("the directory does not exist" if not run_dir.exists() else
+               f"expected {META_FILE} and {STATE_FILE}, written by npgjax-train or save_policy")
+        raise CheckpointError(f"no checkpoint in {run_dir} ({why}).")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
