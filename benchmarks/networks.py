@@ -34,6 +34,7 @@ fits in about half an hour on 2 shared CPU cores; on a GPU or a quiet machine us
     .venv/bin/python benchmarks/networks.py                 # ~30 min on 2 busy cores
     .venv/bin/python benchmarks/networks.py --quick         # smoke test
     .venv/bin/python benchmarks/networks.py --json out.json
+    .venv/bin/python benchmarks/networks.py --fvp-probe     # the conv-in-a-loop cost
 """
 
 from __future__ import annotations
@@ -105,6 +106,35 @@ def trainer_args(net: str, cfg_over: dict[str, Any]) -> tuple[dict[str, Any], di
         return dict(cfg_over, network="cnn"), {"policy_torso": Im2colTorso(),
                                                "critic_torso": Im2colTorso()}
     return dict(cfg_over, network=net), {}
+
+
+def fvp_probe(shape: tuple[int, ...] = (10, 10, 4), n: int = 1024, loops: int = 2) -> None:
+    """Seconds per analytic Fisher-vector product, alone and inside a ``fori_loop``."""
+    from npgjax import Categorical, analytic_fisher_vector_product
+    from npgjax.rl import CNN, TorsoHead
+
+    x = jax.random.normal(jax.random.PRNGKey(1), (n, *shape))
+    for name, net in (("cnn", CNN((64, 64), 3, "relu", 0.01)),
+                      ("cnn-im2col", TorsoHead(Im2colTorso(), 3, 0.01))):
+        params = net.init(jax.random.PRNGKey(0), x[:2])
+
+        def fvp(p, x, net=net):
+            dist_fn = lambda q, b: Categorical(net.apply(q, b))
+            return analytic_fisher_vector_product(dist_fn, p, x, damping=0.1)
+
+        once = jax.jit(lambda p, x, f=fvp: f(p, x)(p)).lower(params, x).compile()
+
+        def in_loop(p, x, f=fvp):  # linearised once, then applied in the loop, as in CG
+            product = f(p, x)
+            return jax.lax.fori_loop(0, loops, lambda i, v: product(v), p)
+
+        looped = jax.jit(in_loop).lower(params, x).compile()
+        for label, fn, k in (("alone", once, 1), (f"in fori_loop x{loops}", looped, loops)):
+            jax.block_until_ready(fn(params, x))
+            t = time.perf_counter()
+            jax.block_until_ready(fn(params, x))
+            print(f"  {name} fvp {label}: {(time.perf_counter() - t) / k:.3f} s per product "
+                  f"(batch {n} x {shape})", flush=True)
 
 
 def build_throughput(env: str, net: str, chunk: int, warmup: bool) -> dict[str, Any]:
@@ -230,8 +260,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "every network; 0 = no learning run)")
     p.add_argument("--learn", nargs="+", default=["mlp", "cnn-im2col"], choices=NETS)
     p.add_argument("--eval-episodes", type=int, default=8)
+    p.add_argument("--fvp-probe", action="store_true",
+                   help="only time one Fisher-vector product, alone and in a loop")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
+    if args.fvp_probe:
+        print(f"{cpu_model()}, jax {jax.__version__}, load average {load_average()}")
+        fvp_probe()
+        return {}
     if args.quick:
         args.chunk, args.repeats, args.seeds, args.steps = 1, 2, 2, [2048, 2048]
         args.envs, args.cnn_envs = ["Breakout-MinAtar"], []
