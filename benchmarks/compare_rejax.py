@@ -22,6 +22,9 @@ runs by default. rejax trains ``ceil(eval_freq / (num_envs * num_steps))`` itera
 per evaluation: where one iteration is longer than ``eval_freq`` (Pendulum: 10,000
 steps against 2,000) it would train 5x the budget, so ``eval_freq`` is raised to one
 iteration there; the env steps each side trained (rejax's ``global_step``) are printed.
+The evaluation work differs a lot: rejax's CartPole config evaluates 128 episodes every
+1,000 steps (101 evaluations), npgjax 10 episodes every 10 updates (10 evaluations);
+``--rejax-eval-freq 100000`` shows rejax with only its initial and final evaluation.
 
 Times come from inside each process: the parent reads ``time.time()`` just before it
 starts the process and passes it along; the child reports, relative to it, when its
@@ -45,6 +48,7 @@ needs PyPI once). The processes run with ``JAX_PLATFORMS=cpu`` unless it is set.
     .venv/bin/python benchmarks/compare_rejax.py                    # both envs (~6-10 min)
     .venv/bin/python benchmarks/compare_rejax.py --env CartPole-v1  # the issue's row
     .venv/bin/python benchmarks/compare_rejax.py --quick            # smoke test
+    .venv/bin/python benchmarks/compare_rejax.py --env CartPole-v1 --rejax-eval-freq 100000
     .venv/bin/python benchmarks/compare_rejax.py --json rejax.json
 """
 
@@ -104,10 +108,12 @@ def _jax_with_cache(cache_dir: str) -> Any:
     return jax
 
 
-def rejax_config(env: str, steps: int) -> dict[str, Any]:
+def rejax_config(env: str, steps: int, eval_freq: int | None = None) -> dict[str, Any]:
     """rejax's tuned PPO config with ``steps``; eval_freq at least one iteration."""
     cfg = json.loads(json.dumps(REJAX_PPO[env]))
     cfg["total_timesteps"] = steps
+    if eval_freq:
+        cfg["eval_freq"] = eval_freq
     cfg["eval_freq"] = max(cfg["eval_freq"], cfg["num_envs"] * cfg["num_steps"])
     return cfg
 
@@ -126,7 +132,7 @@ def _build(spec: dict[str, Any], jax: Any) -> tuple[Any, dict[str, Any]]:
         return jax.vmap(make_train(cfg)), info
     from rejax import PPO
 
-    cfg = rejax_config(spec["env"], spec["steps"])
+    cfg = rejax_config(spec["env"], spec["steps"], spec.get("rejax_eval_freq"))
     algo = PPO.create(**cfg)
     return jax.vmap(algo.train), {"version": importlib.metadata.version("rejax"),
                                   "config": cfg}
@@ -242,7 +248,7 @@ def run_env(env: str, a: argparse.Namespace, pythons: dict[str, str],
                 shutil.rmtree(cache, ignore_errors=True)
                 cache.mkdir(parents=True)
             spec = {"side": side, "env": env, "steps": a.steps, "seeds": a.seeds,
-                    "cache_dir": str(cache)}
+                    "cache_dir": str(cache), "rejax_eval_freq": a.rejax_eval_freq}
             r = dict(spawn(pythons[side], spec, a.timeout), side=side, env=env, cache=phase)
             rows.append(r)
             print_row(r, a.seeds)
@@ -302,6 +308,9 @@ def main() -> None:
     p.add_argument("--env", choices=tuple(REJAX_PPO), action="append")
     p.add_argument("--seeds", type=int, default=16)
     p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--rejax-eval-freq", type=int, metavar="STEPS",
+                   help="rejax's eval_freq instead of its config's (e.g. the total steps: "
+                        "evaluate only before and after training)")
     p.add_argument("--quick", action="store_true", help="smoke test: 2 seeds, 5k steps")
     p.add_argument("--venv", default=os.environ.get(
         "NPGJAX_REJAX_VENV", str(Path.home() / ".cache" / "npgjax" / "rejax-venv")))
