@@ -124,3 +124,16 @@ def test_cholesky_solve_under_vmap_matches_one_by_one():
         np.testing.assert_allclose(xs[i], x, rtol=1e-4, atol=1e-5)
         assert bool(infos.converged[i]) == bool(info.converged)
     assert bool(infos.converged[1:].all()) and not bool(infos.converged[0])
+
+
+def test_cg_reports_first_curvature_and_default_tol():
+    A, b = _spd(6, 5, cond=1e3)
+    A, b = jnp.asarray(A, jnp.float32), jnp.asarray(b, jnp.float32)
+    x, info = npgjax.conjugate_gradient(lambda v: A @ v, b, max_iters=100)
+    assert float(info.first_curvature) == pytest.approx(float(b @ A @ b), rel=1e-5)
+    # The default tolerance is 10 eps of float32: it stops before max_iters.
+    assert bool(info.converged) and int(info.iterations) < 100
+    assert float(info.residual_norm) <= 10 * np.finfo(np.float32).eps * float(jnp.linalg.norm(b))
+    _, info = npgjax.conjugate_gradient(lambda v: A @ v, b, x0=b)
+    assert info.first_curvature is None
+    assert npgjax.cholesky_solve(A, b)[1].first_curvature is None

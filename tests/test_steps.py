@@ -139,3 +139,25 @@ def test_zero_gradient_gives_zero_step():
     s = npgjax.trust_region_scale(npgjax.tree_vdot(zero, x), 0.01)
     for leaf in jax.tree.leaves(jax.tree.map(lambda d: s * d, x)):
         assert bool(jnp.all(leaf == 0))
+
+
+def test_line_search_proposed_kl_kl_only_mode_and_scalar_checks():
+    params = jnp.zeros(2)
+    kl = lambda q: 0.5 * jnp.sum(q**2)
+    step = jnp.array([1.0, 1.0])
+    # KL-only (a guard): the first try within the bound is kept whatever the loss.
+    new, info = npgjax.backtracking_line_search(None, kl, params, step, max_kl=0.1, shrink=0.5)
+    assert bool(info.accepted) and int(info.tries) == 3 and float(info.proposed_kl) == 1.0
+    np.testing.assert_allclose(new, [0.25, 0.25])
+    # A zero step is never "accepted" by the loss test, whatever the rounding.
+    _, info = npgjax.backtracking_line_search(
+        lambda p: jnp.sum(p**2), kl, params, jnp.zeros(2), max_kl=0.1
+    )
+    assert not bool(info.accepted)
+    # A traced max_kl that is not finite and positive accepts nothing.
+    for bad in (jnp.nan, jnp.inf, -1.0):
+        _, info = jax.jit(lambda m: npgjax.backtracking_line_search(
+            lambda p: jnp.sum((p - 1.0) ** 2), kl, params, step, max_kl=m)[1])(bad)
+        assert not bool(info.accepted)
+    with pytest.raises(ValueError, match="kl_fn must return a scalar"):
+        npgjax.backtracking_line_search(None, lambda q: q, params, step, max_kl=0.1)
