@@ -156,7 +156,7 @@ def test_line_search_proposed_kl_kl_only_mode_and_scalar_checks():
     assert not bool(info.accepted)
     # A traced max_kl that is not finite and positive accepts nothing.
     for bad in (jnp.nan, jnp.inf, -1.0):
-        _, info = jax.jit(lambda m: npgjax.backtracking_line_search(
+        info = jax.jit(lambda m: npgjax.backtracking_line_search(
             lambda p: jnp.sum((p - 1.0) ** 2), kl, params, step, max_kl=m)[1])(bad)
         assert not bool(info.accepted)
     with pytest.raises(ValueError, match="kl_fn must return a scalar"):
