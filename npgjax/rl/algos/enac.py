@@ -31,7 +31,7 @@ from npgjax.rl.algos.base import (
     decayed_max_kl,
 )
 from npgjax.rl.algos.natural import natural_chain, natural_diagnostics, set_hyperparams
-from npgjax.rl.algos.npg import _check_kl_options
+from npgjax.rl.algos.npg import _check_kl_options, segment_log_prob_fn
 
 __all__ = ["ENAC", "ENACOptions", "enac_objective", "segment_returns"]
 
@@ -109,12 +109,7 @@ class ENACOptions:
 
 
 def _build(model: PolicyModel, opts: ENACOptions) -> PolicyUpdate:
-    T, E = model.num_steps, model.num_envs
-
-    def seg_log_prob_fn(p, b):
-        lp = model.log_prob_fn(p, b).reshape(T, E)
-        return segment_log_probs(lp, b["done"].reshape(T, E))[0]
-
+    seg_log_prob_fn = segment_log_prob_fn(model)
     tx = natural_chain({"log_prob_fn": seg_log_prob_fn}, max_kl=opts.max_kl,
                        damping=opts.damping, cg_iters=opts.cg_iters, centered=True)
 

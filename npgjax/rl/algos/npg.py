@@ -22,7 +22,7 @@ from npgjax.rl.algos.natural import natural_chain, natural_diagnostics, set_hype
 
 Array = jax.Array
 
-__all__ = ["NPG", "NPGOptions", "build_natural"]
+__all__ = ["NPG", "NPGOptions", "build_natural", "segment_log_prob_fn"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,18 +77,29 @@ def _check_kl_options(opts: Any) -> None:
         raise ValueError(f"max_kl_decay must be in (0, 1], got {opts.max_kl_decay}.")
 
 
+def segment_log_prob_fn(model: PolicyModel) -> Any:
+    """``fn(params, batch) -> [E * T]``: log-probabilities of the episode segments.
+
+    The per-step log-probabilities of ``model`` (replayed through time for a recurrent
+    policy) summed over each episode segment of the ``[T, E]`` rollout, as laid out by
+    :func:`npgjax.segment_log_probs` (``batch["done"]`` marks the episode ends). Its
+    empirical Fisher, masked to the used slots, is the trajectory Fisher.
+    """
+    T, E = model.num_steps, model.num_envs
+
+    def fn(params, batch):
+        lp = model.log_prob_fn(params, batch).reshape(T, E)
+        return segment_log_probs(lp, batch["done"].reshape(T, E))[0]
+
+    return fn
+
+
 def build_natural(model: PolicyModel, opts: NPGOptions,
                   line_search: dict[str, Any] | None = None) -> PolicyUpdate:
     """NPG's (or, with ``line_search``, TRPO's) update for ``model``."""
-    T, E = model.num_steps, model.num_envs
-
-    def seg_log_prob_fn(p, b):
-        lp = model.log_prob_fn(p, b).reshape(T, E)
-        return segment_log_probs(lp, b["done"].reshape(T, E))[0]
-
     fisher_source = {"analytic": {"dist_fn": model.dist_fn},
                      "empirical": {"log_prob_fn": model.log_prob_fn},
-                     "trajectory": {"log_prob_fn": seg_log_prob_fn}}[opts.fisher]
+                     "trajectory": {"log_prob_fn": segment_log_prob_fn(model)}}[opts.fisher]
     tx = natural_chain(fisher_source, max_kl=opts.max_kl, damping=opts.damping,
                        cg_iters=opts.cg_iters, line_search=line_search)
     B = model.batch_size
