@@ -45,8 +45,8 @@ environment: created on first use under ``--venv`` (default
 0.0.9, distrax 0.1.9 and the jax/jaxlib versions of the running interpreter (pip,
 needs PyPI once). The processes run with ``JAX_PLATFORMS=cpu`` unless it is set.
 
-    .venv/bin/python benchmarks/compare_rejax.py                    # both envs (~6-10 min)
-    .venv/bin/python benchmarks/compare_rejax.py --env CartPole-v1  # the row
+    .venv/bin/python benchmarks/compare_rejax.py                    # both envs (22 min here)
+    .venv/bin/python benchmarks/compare_rejax.py --env CartPole-v1  # the row (half)
     .venv/bin/python benchmarks/compare_rejax.py --quick            # smoke test
     .venv/bin/python benchmarks/compare_rejax.py --env CartPole-v1 --rejax-eval-freq 100000
     .venv/bin/python benchmarks/compare_rejax.py --json rejax.json
