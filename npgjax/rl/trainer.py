@@ -11,28 +11,23 @@ or over traced hyperparameters (``hparams``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from npgjax.distributions import Categorical, DiagGaussian
 from npgjax.estimators import explained_variance, gae, normalize_advantages
 from npgjax.rl.algos import ALGORITHMS, PolicyModel, UpdateData
 from npgjax.rl.configs import Config
 from npgjax.rl.critic import fit_critic
-from npgjax.rl.envs import EnvSpec, make_env
+from npgjax.rl.envs import make_env
 from npgjax.rl.evaluation import evaluate_episodes
 from npgjax.rl.networks import make_networks
-from npgjax.rl.normalize import RunningStats, init_stats, normalize, update_stats
-from npgjax.rl.recurrent import (
-    check_time_batch,
-    fit_recurrent_critic,
-    unroll,
-    unroll_values,
-)
+from npgjax.rl.normalize import init_stats, update_stats
+from npgjax.rl.parts import Parts as _Parts
+from npgjax.rl.recurrent import fit_recurrent_critic, unroll_values
 from npgjax.rl.rollout import collect, record_episodes
 from npgjax.rl.state import RunnerState, Trainer
 
@@ -42,72 +37,6 @@ PyTree = Any
 __all__ = ["RunnerState", "Trainer", "make_train", "make_trainer", "run_updates"]
 
 _EVAL_SALT = 0x5EED  # evaluation keys are folded from the state's key, off its stream
-
-
-class _Parts(NamedTuple):
-    """The assembled pieces that ``init``, ``update`` and ``evaluate`` close over."""
-
-    config: Config
-    spec: EnvSpec
-    pi_net: nn.Module
-    vf_net: nn.Module
-    algo: Any
-    vf_tx: optax.GradientTransformation
-    model: Any = None
-
-    @property
-    def recurrent(self) -> bool:
-        return self.config.network == "gru"
-
-    def _dist(self, pi_params: PyTree, out: Array) -> Any:
-        return Categorical(out) if self.spec.discrete else DiagGaussian(out, pi_params["log_std"])
-
-    def policy(self, pi_params: PyTree, obs: Array) -> Any:
-        if self.recurrent:
-            raise ValueError("a recurrent policy needs its hidden state: use the whole batch "
-                             "(PolicyModel.dist_fn) or act(..., carry=...).")
-        return self._dist(pi_params, self.pi_net.apply(pi_params["net"], obs))
-
-    def policy_step(self, pi_params: PyTree, obs: Array, carry: Array) -> tuple[Any, Array]:
-        carry, out = self.pi_net.apply(pi_params["net"], carry, obs)
-        return self._dist(pi_params, out), carry
-
-    def policy_batch(self, pi_params: PyTree, batch: dict[str, Array]) -> Any:
-        """The recurrent policy over a flat time-major batch, replayed from ``carry[0]``."""
-        T, E = self.config.num_steps, self.config.num_envs
-        check_time_batch(batch, T, E)
-        obs = batch["obs"].reshape((T, E) + batch["obs"].shape[1:])
-        h0 = batch["carry"].reshape((T, E) + batch["carry"].shape[1:])[0]
-        out = unroll(self.pi_net, pi_params["net"], h0, obs, batch["done"].reshape(T, E))[0]
-        return self._dist(pi_params, out.reshape((T * E,) + out.shape[2:]))
-
-    def value(self, vf_params: PyTree, obs: Array) -> Array:
-        return self.vf_net.apply(vf_params, obs)[..., 0]
-
-    def prep(self, stats: RunningStats, obs: Array) -> Array:
-        return normalize(stats, obs) if self.config.normalize_obs else obs
-
-    def init_carry(self, n: int) -> PyTree:
-        return self.pi_net.initial_carry(n) if self.recurrent else ()
-
-    def raw_act(self, pi_params: PyTree, stats: RunningStats, obs: Array,
-                key: Array | None = None, carry: PyTree = None) -> Any:
-        """Policy-space actions (not yet mapped to the env's range), and the next carry."""
-        obs = self.prep(stats, obs)
-        if self.recurrent:
-            if carry is None:
-                raise ValueError("a recurrent policy (network='gru') needs carry=: its hidden "
-                                 "states [n, H], starting from trainer.init_carry(n).")
-            dist, carry = self.policy_step(pi_params, obs, carry)
-        else:
-            dist = self.policy(pi_params, obs)
-        return dist.mode() if key is None else dist.sample(key), carry
-
-    def act(self, pi_params: PyTree, stats: RunningStats, obs: Array,
-            key: Array | None = None, carry: PyTree = None) -> Any:
-        a, new_carry = self.raw_act(pi_params, stats, obs, key, carry)
-        a = self.spec.to_env_action(a)
-        return a if carry is None else (a, new_carry)
 
 
 def make_trainer(
