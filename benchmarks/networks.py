@@ -28,10 +28,10 @@ Networks:
 The library ``cnn`` costs minutes per update on 2 CPU cores, so it gets one timed
 update (no warmup) on ``--cnn-envs`` only and no learning run (``--learn cnn`` adds
 one). The defaults (2 seeds, 24,576 steps on Breakout, no Pong learning run) are what
-fits in about half an hour on 2 shared CPU cores; on a GPU or a quiet machine use e.g.
+took 16 minutes on 2 CPU cores shared at load 6-12; on a GPU or a quiet machine use e.g.
 ``--seeds 4 --steps 200704 100352 --chunk 4 --repeats 5``.
 
-    .venv/bin/python benchmarks/networks.py                 # ~30 min on 2 busy cores
+    .venv/bin/python benchmarks/networks.py                 # ~16 min on 2 busy cores
     .venv/bin/python benchmarks/networks.py --quick         # smoke test
     .venv/bin/python benchmarks/networks.py --json out.json
     .venv/bin/python benchmarks/networks.py --fvp-probe     # the conv-in-a-loop cost
