@@ -185,7 +185,7 @@ class GRUNet(nn.Module):
 
     Examples:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
-      >>> from npgjax.rl import GRUNet
+      >>> from npgjax.rl.networks import GRUNet
       >>> net = GRUNet(nn.Dense(8), hidden_size=4, out=2)
       >>> h = jnp.zeros((5, 4))
       >>> params = net.init(jax.random.PRNGKey(0), h, jnp.zeros((5, 3)))
