@@ -57,6 +57,8 @@ def run(task: str, network: str, seeds: int, steps: int, seed: int) -> dict:
             "steps": int(steps_axis[-1]), "seconds": round(wall, 1),
             "final_eval": [round(float(x), 3) for x in final_eval],
             "final_train": [round(float(x), 3) for x in final_train], "first_eval_hit": hit,
+            "best_eval": [round(float(np.nanmax(e)), 3) for e in ev],
+            "best_train": [round(float(np.nanmax(t)), 3) for t in tr],
             "config": {k: getattr(cfg, k) for k in ("num_envs", "num_steps", "hidden",
                                                     "max_kl", "fisher", "gamma")}}
 
@@ -80,8 +82,9 @@ def main() -> None:
         results.append(r)
         ok = sum(x >= target for x in r["final_eval"])
         print(f"{r['env']} {r['extra'] or ''} {net}: {r['steps']:,} steps in {r['seconds']} s; "
-              f"final eval {r['final_eval']}, final train {r['final_train']}, first eval "
-              f"hit at {r['first_eval_hit']}; {what}: {ok}/{a.seeds} seeds", flush=True)
+              f"final eval {r['final_eval']}, final train {r['final_train']}, best eval "
+              f"{r['best_eval']}, best train {r['best_train']}, first eval hit at "
+              f"{r['first_eval_hit']}; {what}: {ok}/{a.seeds} seeds", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": cpu_model(), "load": load_average(), "results": results},
