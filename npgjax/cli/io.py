@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+# One implementation, shared with the checkpoint format (the RL layer cannot import the CLI).
+from npgjax.rl.checkpoint import atomic_write, config_dict, jsonable
+
 __all__ = ["TensorBoardLog", "acquire_lock", "atomic_write", "config_dict", "jsonable",
            "load_checkpoint", "prepare_out", "release_lock", "save_checkpoint", "write_csv"]
 
@@ -22,16 +25,6 @@ METRIC_ORDER = (
     "rollout_return", "kl", "max_kl", "predicted_kl", "entropy", "value_loss",
     "explained_variance", "cg_iterations", "cg_residual", "cosine", "ls_tries", "ls_accepted",
 )
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def metric_columns(metrics: dict[str, np.ndarray]) -> list[str]:
@@ -56,26 +49,6 @@ def write_csv(path: Path, metrics: dict[str, np.ndarray]) -> None:
             lines.append(",".join([str(s), str(u + 1), *(text[k][s][u] for k in
                                                             ["env_steps", *cols])]))
     atomic_write(path, ("\n".join(lines) + "\n").encode())
-
-
-def config_dict(config: Any) -> dict[str, Any]:
-    """The config as plain JSON values: env name, kwargs and params, then every option."""
-    from npgjax.rl.checkpoint import config_dict as _config_dict
-
-    return _config_dict(config)
-
-
-def jsonable(x: Any) -> Any:
-    """``x`` with tuples as lists, NumPy scalars as Python ones and non-finite as None."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    return x
 
 
 def save_checkpoint(run_dir: Path, state: Any, meta: dict[str, Any],
