@@ -26,6 +26,7 @@ from npgjax.fisher import (
 )
 from npgjax.logprob import policy_log_prob_fn, segment_log_probs, trajectory_log_prob
 from npgjax.optimizers import npg, trpo
+from npgjax.sample_space import sample_space_natural_gradient
 from npgjax.scores import per_sample_scores, score_matrix
 from npgjax.solvers import SolveInfo, cholesky_solve, conjugate_gradient
 from npgjax.status import Status, describe_status, diagnostics
@@ -72,6 +73,7 @@ __all__ = [
     "per_sample_scores",
     "policy_log_prob_fn",
     "precondition_by_fisher",
+    "sample_space_natural_gradient",
     "score_matrix",
     "segment_log_probs",
     "surrogate_loss",

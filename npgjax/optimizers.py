@@ -50,6 +50,7 @@ def npg(
     cg_iters: int = 10,
     cg_tol: float | None = None,
     centered: bool = False,
+    solver: str | Callable[..., Any] | None = None,
     kl_fn: Callable[[PyTree, PyTree, PyTree], Array] | None = None,
     max_kl_factor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -78,6 +79,8 @@ def npg(
       cg_iters: conjugate-gradient iterations.
       cg_tol: conjugate-gradient tolerance (None: ``10 * eps`` of the dtype).
       centered: centre the empirical Fisher.
+      solver: ``"cg"`` (default), ``"sample_space"`` (exact, through the ``N x N`` Gram
+        matrix; needs ``log_prob_fn``) or a callable (see :func:`precondition_by_fisher`).
       kl_fn: ``kl_fn(new_params, old_params, batch) -> scalar`` for the KL guard
         (default :func:`npgjax.mean_kl` of ``dist_fn`` when ``max_kl_factor`` is given).
       max_kl_factor: the guard's tolerance factor (1.5 when only ``kl_fn`` is given).
@@ -125,6 +128,7 @@ def npg(
         cg_iters=cg_iters,
         cg_tol=cg_tol,
         centered=centered,
+        solver=solver,
     )
     lr = 1.0 if learning_rate is None else learning_rate
     parts = [pre, optax.scale(-lr)]

@@ -166,7 +166,7 @@ def sample_space_natural_gradient(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from npgjax.sample_space import sample_space_natural_gradient
+      >>> from npgjax import sample_space_natural_gradient
       >>> log_prob_fn = lambda w, x: x @ w  # scores are the rows of x
       >>> x, info = sample_space_natural_gradient(
       ...     log_prob_fn, jnp.zeros(3), jnp.array([[2.0, 0.0, 0.0]]),

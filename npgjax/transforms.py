@@ -46,6 +46,7 @@ from npgjax._tree import (
     tree_zeros_like,
 )
 from npgjax.fisher import analytic_fisher, damped, empirical_fisher
+from npgjax.sample_space import sample_space_natural_gradient
 from npgjax.solvers import conjugate_gradient
 from npgjax.status import ZERO_UPDATE_BITS, Status
 from npgjax.steps import max_kl_is_valid, trust_region_scale
@@ -177,6 +178,35 @@ def _hyper_status(max_kl, damping, mask) -> Array:
     return _bits(flags)
 
 
+def _make_solve(solver, log_prob_fn, cg_iters, cg_tol, centered, chunk_size):
+    """``solve(matvec, g, params, data, mask, damping) -> (x, SolveInfo)``."""
+    if solver is None or solver == "cg":
+        solver = functools.partial(conjugate_gradient, max_iters=cg_iters, tol=cg_tol)
+    elif solver == "sample_space":
+        if log_prob_fn is None:
+            raise ValueError(
+                "precondition_by_fisher: solver='sample_space' needs log_prob_fn (per-sample "
+                "log-probabilities); a dist_fn or custom fisher source has no scores to solve with."
+            )
+
+        def exact(matvec, g, params, data, mask, damping):
+            del matvec
+            return sample_space_natural_gradient(
+                log_prob_fn, params, data, g, damping=damping, centered=centered,
+                chunk_size=chunk_size, mask=mask)
+
+        return exact
+    elif isinstance(solver, str):
+        raise ValueError(
+            f"precondition_by_fisher: unknown solver {solver!r}; use 'cg', 'sample_space' or "
+            "a callable solver(matvec, b)."
+        )
+    if chunk_size is not None:
+        raise ValueError(
+            "precondition_by_fisher: chunk_size is only used by solver='sample_space'.")
+    return lambda matvec, g, *_: solver(matvec, g)
+
+
 def precondition_by_fisher(
     log_prob_fn: Callable[[PyTree, PyTree], Array] | None = None,
     *,
@@ -186,9 +216,10 @@ def precondition_by_fisher(
     damping: float | Array = 0.1,
     cg_iters: int = 10,
     cg_tol: float | None = None,
-    solver: Callable[..., Any] | None = None,
+    solver: Callable[..., Any] | str | None = None,
     centered: bool = False,
     per: str = "step",
+    chunk_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Precondition gradients by the inverse Fisher matrix (the natural gradient).
 
@@ -230,10 +261,15 @@ def precondition_by_fisher(
       cg_iters: conjugate-gradient iterations (ignored if ``solver`` is given).
       cg_tol: conjugate-gradient relative tolerance (ignored if ``solver`` is given);
         None for ``10 * eps`` of the gradient's dtype, ``0`` for exactly ``cg_iters``.
-      solver: optional ``solver(matvec, b) -> (x, SolveInfo)``, e.g.
+      solver: None or ``"cg"`` for conjugate gradients; ``"sample_space"`` for the
+        exact solve through the ``N x N`` Gram matrix of the scores
+        (:func:`npgjax.sample_space_natural_gradient`, needs ``log_prob_fn``; best when
+        the ``N`` samples are far fewer than the parameters, e.g. a trajectory Fisher);
+        or any ``solver(matvec, b) -> (x, SolveInfo)``, e.g.
         :func:`npgjax.cholesky_solve`.
       centered: centre the empirical Fisher.
       per: ``"step"`` or ``"trajectory"`` for the analytic Fisher.
+      chunk_size: samples per chunk of the score matrix for ``solver="sample_space"``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
@@ -279,7 +315,7 @@ def precondition_by_fisher(
         make_fisher = analytic_fisher(dist_fn, per=per)
     else:
         make_fisher = fisher
-    solve = solver or functools.partial(conjugate_gradient, max_iters=cg_iters, tol=cg_tol)
+    solve = _make_solve(solver, log_prob_fn, cg_iters, cg_tol, centered, chunk_size)
 
     def init_fn(params: PyTree) -> PreconditionByFisherState:
         del params
@@ -310,7 +346,7 @@ def precondition_by_fisher(
         if fisher_mask is not None:
             check_mask(fisher_mask, jnp.shape(fisher_mask), "precondition_by_fisher")
         matvec = damped(make_fisher(params, data, fisher_mask), damping)
-        x, info = solve(matvec, updates)
+        x, info = solve(matvec, updates, params, data, fisher_mask, damping)
         x, scale, gx, pred_kl, cosine, status = _natural_step(
             matvec, updates, x, info, max_kl, damping
         )

@@ -277,3 +277,27 @@ def test_obs_keep_wrapper_config_and_cli():
     assert parse_set(args.overrides) == {"max_kl": 0.02, "obs_keep": (0, 2)}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--obs-keep", "0,x"])
+
+
+def test_loaded_gru_policy_acts_with_carry(tmp_path):
+    from npgjax.rl import evaluate_policy, load_policy, make_train, save_policy
+
+    cfg = get_config("MemoryChain-bsuite", network="gru", num_envs=2, num_steps=8,
+                     hidden=(4,), total_timesteps=32)
+    state, _ = jax.jit(make_train(cfg))(jax.random.PRNGKey(0))
+    policy = load_policy(save_policy(tmp_path, cfg, state))
+    assert policy.recurrent
+    with pytest.raises(ValueError, match="needs carry="):
+        policy.act(jnp.ones(3))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 3))
+    carry = policy.init_carry((2, 3))
+    assert carry.shape == (2, 3, 4)
+    a, h = jax.jit(lambda o, c: policy.act(o, carry=c))(obs, carry)
+    assert a.shape == (2, 3) and h.shape == (2, 3, 4)
+    a1, h1 = policy.act(obs[1, 2], carry=policy.init_carry())  # one observation
+    assert int(a1) == int(a[1, 2]) and np.allclose(h1, h[1, 2], atol=1e-6)
+    # The carry is used: a second step from h differs from one from zeros.
+    _, h2 = policy.act(obs, carry=h)
+    assert not np.allclose(h2, h)
+    ret, length = jax.jit(evaluate_policy, static_argnums=2)(policy, jax.random.PRNGKey(2), 4)
+    assert ret.shape == (4,) and bool(jnp.all(length > 0)) and bool(jnp.all(jnp.isfinite(ret)))

@@ -205,3 +205,65 @@ def test_bad_inputs():
         ssng(lp, params, batch, g, damping=0.1, mask=-jnp.ones(12))
     with pytest.raises(ValueError, match="leading axis"):
         ssng(lp, params, dict(batch, extra=jnp.ones(3)), g, damping=0.1)
+
+
+def test_precondition_by_fisher_sample_space_matches_dense(x64):
+    """``solver="sample_space"`` inside the optax transform: the KL-scaled step of the
+    dense solve, with a mask, under jit; the step's model KL is ``max_kl``."""
+    params, batch, lp = policy_problem()
+    S = scores(lp)
+    n, lam, eps = S.shape[0], 1e-2, 0.02
+    mask = jnp.asarray((np.arange(n) % 4 != 0).astype(float))
+    tx = npgjax.precondition_by_fisher(lp, solver="sample_space", max_kl=eps, damping=lam,
+                                       chunk_size=5)
+    g = random_like(params)
+    out, state = jax.jit(lambda g, p, m: tx.update(g, tx.init(p), p, batch=batch,
+                                                   fisher_mask=m))(g, params, mask)
+    A = numpy_fisher(S, np.asarray(mask)) + lam * np.eye(S.shape[1])
+    x = dense_solve(A, flat(g))
+    ref = np.sqrt(2 * eps / (flat(g) @ x)) * x
+    np.testing.assert_allclose(flat(out), ref, rtol=1e-8, atol=1e-10)
+    assert int(state.status) == 0 and int(state.cg_iterations) == 0
+    d = flat(out)
+    np.testing.assert_allclose(float(state.predicted_kl), 0.5 * d @ (A - lam * np.eye(len(d))) @ d,
+                               rtol=1e-6)
+    # A NaN gradient under jit: a zero update and a flag, never NaN parameters.
+    bad = jax.tree.map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), g)
+    out, state = jax.jit(lambda g, p: tx.update(g, tx.init(p), p, batch=batch))(bad, params)
+    assert all(bool(jnp.all(a == 0)) for a in jax.tree.leaves(out))
+    assert bool(state.skipped) and int(state.status) & int(npgjax.Status.NONFINITE_GRADIENT)
+
+
+def test_sample_space_solver_bad_input():
+    params, batch, lp = policy_problem(dtype="float32")
+    dist_fn = lambda p, b: npgjax.Categorical(jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"sample_space.*needs log_prob_fn"):
+        npgjax.precondition_by_fisher(dist_fn=dist_fn, solver="sample_space")
+    with pytest.raises(ValueError, match="unknown solver 'qr'"):
+        npgjax.precondition_by_fisher(lp, solver="qr")
+    with pytest.raises(ValueError, match="chunk_size is only used"):
+        npgjax.precondition_by_fisher(lp, chunk_size=4)
+    tx = npgjax.npg(lp, solver="sample_space", damping=0.0)
+    with pytest.raises(ValueError, match="singular"):
+        tx.update(random_like(params), tx.init(params), params, batch=batch)
+
+
+def test_rl_option_matches_long_cg():
+    """The RL layer's ``solver="sample_space"`` (empirical Fisher, MLP): the same training
+    as CG run to convergence; unsupported Fisher sources and networks are errors."""
+    from npgjax.rl import get_config, make_train
+
+    with pytest.raises(ValueError, match="fisher='empirical'"):
+        get_config("CartPole-v1", "npg", solver="sample_space")
+    with pytest.raises(ValueError, match="fisher='empirical'"):
+        get_config("CartPole-v1", "trpo", solver="sample_space", fisher="trajectory")
+    with pytest.raises(ValueError, match="recurrent"):
+        make_train(get_config("CartPole-v1", "npg", solver="sample_space", fisher="empirical",
+                              network="gru"))
+    cfg = get_config("CartPole-v1", "npg", fisher="empirical", solver="sample_space",
+                     num_envs=4, num_steps=16, total_timesteps=64 * 3, eval_every=0)
+    s1, m1 = jax.jit(make_train(cfg))(jax.random.PRNGKey(0))
+    s2, _ = jax.jit(make_train(cfg.replace(solver="cg", cg_iters=200)))(jax.random.PRNGKey(0))
+    assert np.all(np.asarray(m1["cg_iterations"]) == 0)
+    for a, b in zip(jax.tree.leaves(s1.pi_params), jax.tree.leaves(s2.pi_params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

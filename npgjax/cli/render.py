@@ -28,17 +28,21 @@ def episode_states(policy: Any, key: Any, max_steps: int, stochastic: bool = Fal
     spec = policy.env
 
     def step(carry, k):
-        obs, state, alive = carry
+        obs, state, alive, memory = carry
         k_act, k_env = jax.random.split(k)
-        action = policy.act(obs, k_act if stochastic else None)
+        k_act = k_act if stochastic else None
+        if policy.recurrent:
+            action, memory = policy.act(obs, k_act, carry=memory)
+        else:
+            action = policy.act(obs, k_act)
         obs2, state2, reward, term, trunc, _ = spec.env.step(k_env, state, action, spec.params)
-        return (obs2, state2, alive & ~(term | trunc)), (state, reward, alive)
+        return (obs2, state2, alive & ~(term | trunc), memory), (state, reward, alive)
 
     @jax.jit
     def run(key):
         k_reset, k_steps = jax.random.split(key)
         obs, state = spec.env.reset(k_reset, spec.params)
-        carry = (obs, state, jax.numpy.asarray(True))
+        carry = (obs, state, jax.numpy.asarray(True), policy.init_carry())
         return jax.lax.scan(step, carry, jax.random.split(k_steps, max_steps))[1]
 
     states, rewards, alive = jax.device_get(run(key))

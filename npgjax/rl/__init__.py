@@ -24,7 +24,7 @@ from npgjax.rl.algos import (  # noqa: E402
 )
 from npgjax.rl.configs import ALGOS, ENV_DEFAULTS, Config, get_config  # noqa: E402
 from npgjax.rl.envs import SOLVED_RETURNS, EnvSpec, default_target, make_env  # noqa: E402
-from npgjax.rl.networks import CNN, MLP, TorsoHead, make_networks, orthogonal  # noqa: E402
+from npgjax.rl.networks import CNN, MLP, GRUNet, TorsoHead, make_networks, orthogonal  # noqa: E402
 from npgjax.rl.policy import Policy, evaluate_policy, load_policy, save_policy  # noqa: E402
 from npgjax.rl.trainer import (  # noqa: E402
     RunnerState,
@@ -33,6 +33,7 @@ from npgjax.rl.trainer import (  # noqa: E402
     make_trainer,
     run_updates,
 )
+from npgjax.rl.wrappers import KeepObservations  # noqa: E402
 
 __all__ = [
     "ALGORITHMS",
@@ -45,6 +46,8 @@ __all__ = [
     "Config",
     "ENACOptions",
     "EnvSpec",
+    "GRUNet",
+    "KeepObservations",
     "NPGOptions",
     "Policy",
     "RunnerState",

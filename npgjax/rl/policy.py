@@ -41,8 +41,13 @@ __all__ = ["Policy", "evaluate_policy", "load_policy", "save_policy"]
 class _Static:
     """The non-array part of a :class:`Policy` (compared by identity under ``jit``)."""
 
-    def __init__(self, config: Config, env: EnvSpec, apply: Callable[..., Array]):
-        self.config, self.env, self.apply = config, env, apply
+    def __init__(self, config: Config, env: EnvSpec, apply: Callable[..., Array],
+                 init_carry: Callable[[int], PyTree]):
+        self.config, self.env, self.apply, self.init_carry = config, env, apply, init_carry
+
+
+def _no_carry(n: int) -> PyTree:
+    return ()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -64,21 +69,47 @@ class Policy:
     config: Config
     env: EnvSpec
     _apply: Callable[..., Array] = dataclasses.field(repr=False)
+    _init_carry: Callable[[int], PyTree] = dataclasses.field(default=_no_carry, repr=False)
 
-    def act(self, obs: Array, key: Array | None = None) -> Array:
+    @property
+    def recurrent(self) -> bool:
+        """Whether the policy has memory (``network="gru"``): ``act`` then needs ``carry``."""
+        return bool(jax.tree.leaves(self._init_carry(1)))
+
+    def init_carry(self, batch_shape: Sequence[int] = ()) -> PyTree:
+        """The initial hidden state for observations with leading axes ``batch_shape``.
+
+        Zeros ``[*batch_shape, H]`` for a recurrent policy; ``()`` for a memoryless one.
+        Reset a row to this state when its episode ends.
+        """
+        lead = tuple(batch_shape)
+        carry = self._init_carry(int(np.prod(lead, dtype=int)))
+        return jax.tree.map(lambda h: h.reshape(lead + h.shape[1:]), carry)
+
+    def act(self, obs: Array, key: Array | None = None, carry: PyTree = None) -> Any:
         """Environment actions for one observation or a batch (any leading axes).
 
         Args:
           obs: ``[*obs_shape]`` or ``[..., *obs_shape]`` raw observations.
           key: None for the deterministic action (argmax or mean); a PRNG key to sample
             (independently for each observation).
+          carry: the hidden state of a recurrent policy, ``[..., H]`` with the leading
+            axes of ``obs`` (start from :meth:`init_carry`); None for a memoryless one.
 
         Returns:
           Actions with the leading axes of ``obs``, in the environment's action range
-          (box actions scaled and clipped to ``[low, high]``).
+          (box actions scaled and clipped to ``[low, high]``); with ``carry``, the pair
+          ``(actions, next_carry)``.
 
         Raises:
-          ValueError: if the trailing axes of ``obs`` are not the observation shape.
+          ValueError: if the trailing axes of ``obs`` are not the observation shape, or
+            a recurrent policy is called without ``carry``.
+
+        Examples:
+          A recurrent policy, stepped through an episode::
+
+              carry = policy.init_carry()
+              action, carry = policy.act(obs, carry=carry)
         """
         obs = jnp.asarray(obs)
         shape = self.env.obs_shape
@@ -88,14 +119,23 @@ class Policy:
                              f"(or [..., *{shape}] for a batch), got {tuple(obs.shape)}.")
         lead = obs.shape[: obs.ndim - n]
         flat = obs.reshape((-1, *shape)).astype(jnp.float32)
-        actions = self._apply(self.params, self.obs_stats, flat, key)
-        return actions.reshape(lead + actions.shape[1:])
+        if carry is None:
+            if self.recurrent:
+                raise ValueError("a recurrent policy (network='gru') needs carry=: start from "
+                                 "policy.init_carry(batch_shape) and pass back what act returns.")
+            actions = self._apply(self.params, self.obs_stats, flat, key)
+            return actions.reshape(lead + actions.shape[1:])
+        n = len(lead)
+        flat_carry = jax.tree.map(lambda h: h.reshape((-1, *h.shape[n:])), carry)
+        actions, new = self._apply(self.params, self.obs_stats, flat, key, flat_carry)
+        new = jax.tree.map(lambda h: h.reshape(lead + h.shape[1:]), new)
+        return actions.reshape(lead + actions.shape[1:]), new
 
 
 jax.tree_util.register_pytree_node(
     Policy,
-    lambda p: ((p.params, p.obs_stats), _Static(p.config, p.env, p._apply)),
-    lambda s, c: Policy(c[0], c[1], s.config, s.env, s.apply),
+    lambda p: ((p.params, p.obs_stats), _Static(p.config, p.env, p._apply, p._init_carry)),
+    lambda s, c: Policy(c[0], c[1], s.config, s.env, s.apply, s.init_carry),
 )
 
 
@@ -122,6 +162,10 @@ def evaluate_policy(policy: Policy, key: Array, num_episodes: int, *,
     if not spec.discrete:  # act already maps to the env's range: no second mapping
         inf = np.full(spec.action_dim, np.inf, np.float32)
         spec = dataclasses.replace(spec, low=-inf, high=inf)
+    if policy.recurrent:
+        return evaluate_episodes(
+            spec, lambda o, k, c: policy.act(o, k if stochastic else None, carry=c), key,
+            num_episodes, max_steps, carry=policy.init_carry((num_episodes,)))
     return evaluate_episodes(
         spec, lambda o, k: policy.act(o, k if stochastic else None), key, num_episodes,
         max_steps)
@@ -220,4 +264,4 @@ def load_policy(run_dir: str | Path, seed: int | Sequence[int] = 0, env: Any = N
     index = chosen if np.ndim(seed) else int(chosen[0])
     one = jax.tree.map(lambda x: jnp.asarray(x[index]), parts)
     return Policy(one["pi_params"], RunningStats(*one["obs_stats"]), trainer.config,
-                  trainer.env, trainer.act)
+                  trainer.env, trainer.act, trainer.init_carry)

@@ -28,6 +28,7 @@ def natural_chain(
     damping: float,
     cg_iters: int,
     centered: bool = False,
+    solver: str = "cg",
     line_search: dict[str, Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """``chain(precondition_by_fisher, scale(-1)[, trust_region_line_search])``.
@@ -37,13 +38,15 @@ def natural_chain(
       max_kl, damping: initial values of the injected hyperparameters.
       cg_iters: CG iterations (CG runs them all: ``cg_tol=0``).
       centered: centre the scores (eNAC).
+      solver: ``"cg"`` or ``"sample_space"`` (see :func:`npgjax.precondition_by_fisher`).
       line_search: ``{"loss_fn", "dist_fn", "shrink", "max_tries"}`` for TRPO's search.
     """
 
     def chain(max_kl: Array, damping: Array) -> optax.GradientTransformationExtraArgs:
         parts = [
             precondition_by_fisher(**fisher_source, max_kl=max_kl, damping=damping,
-                                   cg_iters=cg_iters, cg_tol=0.0, centered=centered),
+                                   cg_iters=cg_iters, cg_tol=0.0, centered=centered,
+                                   solver=solver),
             optax.scale(-1.0),
         ]
         if line_search is not None:

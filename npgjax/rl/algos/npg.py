@@ -43,6 +43,11 @@ class NPGOptions:
       fisher_fraction: fraction of the batch used for the Fisher (TRPO used 0.1); must
         be 1 for ``"trajectory"`` and for recurrent networks, whose samples are not
         independent steps.
+      solver: ``"cg"`` (``cg_iters`` conjugate-gradient iterations) or
+        ``"sample_space"``: the exact damped solve through the ``N x N`` Gram matrix of
+        the per-step scores (:func:`npgjax.sample_space_natural_gradient`), for
+        ``fisher="empirical"`` and memoryless networks; it pays only when the
+        ``N = num_envs * num_steps`` steps are far fewer than the policy's parameters.
     """
 
     max_kl: float = dataclasses.field(default=0.01, metadata=TRACED)
@@ -51,6 +56,7 @@ class NPGOptions:
     cg_iters: int = 10
     fisher: str = "analytic"
     fisher_fraction: float = 1.0
+    solver: str = "cg"
 
     def validate(self) -> None:
         if self.fisher not in ("analytic", "empirical", "trajectory"):
@@ -59,6 +65,13 @@ class NPGOptions:
         if int(self.cg_iters) < 1:
             raise ValueError(f"cg_iters must be a positive integer, got {self.cg_iters}.")
         _check_kl_options(self)
+        if self.solver not in ("cg", "sample_space"):
+            raise ValueError(f"solver must be 'cg' or 'sample_space', got {self.solver!r}.")
+        if self.solver == "sample_space" and self.fisher != "empirical":
+            raise ValueError(
+                "solver='sample_space' needs independent per-sample scores: use "
+                f"fisher='empirical' (got {self.fisher!r}; the analytic Fisher has no scores, "
+                "and the rollout's trajectory segments are not separable samples).")
         if not 0 < self.fisher_fraction <= 1:
             raise ValueError(f"fisher_fraction must be in (0, 1], got {self.fisher_fraction}.")
         if self.fisher == "trajectory" and self.fisher_fraction != 1:
@@ -101,7 +114,11 @@ def build_natural(model: PolicyModel, opts: NPGOptions,
                      "empirical": {"log_prob_fn": model.log_prob_fn},
                      "trajectory": {"log_prob_fn": segment_log_prob_fn(model)}}[opts.fisher]
     tx = natural_chain(fisher_source, max_kl=opts.max_kl, damping=opts.damping,
-                       cg_iters=opts.cg_iters, line_search=line_search)
+                       cg_iters=opts.cg_iters, solver=opts.solver,
+                       line_search=line_search)
+    if opts.solver == "sample_space" and model.recurrent:
+        raise ValueError("solver='sample_space' needs independent per-step samples; a recurrent "
+                         "policy's steps are replayed through time together: use solver='cg'.")
     B = model.batch_size
     n_fisher = max(1, int(round(opts.fisher_fraction * B)))
 
