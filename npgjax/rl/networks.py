@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["CNN", "MLP", "NETWORKS", "GRUNet", "TorsoHead", "make_networks", "orthogonal"]
+__all__ = [
+    "CNN", "MLP", "NETWORKS", "GRUNet", "PatchConv", "TorsoHead", "make_networks", "orthogonal",
+]
 
 
 @jax.custom_batching.sequential_vmap
@@ -106,17 +108,69 @@ class MLP(nn.Module):
         return nn.Dense(self.out, kernel_init=orthogonal(self.out_scale))(x)
 
 
+def _same(n: int, s: int) -> tuple[int, tuple[int, int]]:
+    # XLA's "SAME" for a 3-wide window: out ceil(n/s), total pad split smaller half first
+    out = -(-n // s)
+    total = max((out - 1) * s + 3 - n, 0)
+    return out, (total // 2, total - total // 2)
+
+
+class PatchConv(nn.Module):
+    """A 3x3 convolution, padding "SAME", as patches and one matmul (im2col).
+
+    The same function and parameters (``kernel [3, 3, C_in, C_out]``, ``bias``) as
+    ``flax.linen.Conv(features, (3, 3), strides)``, written with slices, one concatenate
+    and one matmul: XLA's CPU convolution is many times slower once linearised inside
+    a loop (the conjugate-gradient loop of a natural step; see benchmarks/README.md).
+
+    Attributes:
+      features: output channels.
+      stride: the same stride on both spatial axes.
+      kernel_init: initializer of the ``[3, 3, C_in, C_out]`` kernel.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from npgjax.rl.networks import PatchConv
+      >>> conv = PatchConv(8, stride=2)
+      >>> params = conv.init(jax.random.PRNGKey(0), jnp.zeros((1, 10, 9, 3)))
+      >>> conv.apply(params, jnp.zeros((4, 10, 9, 3))).shape
+      (4, 5, 5, 8)
+    """
+
+    features: int
+    stride: int = 1
+    kernel_init: Callable[..., jax.Array] = orthogonal(np.sqrt(2.0))
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        c, s = x.shape[-1], self.stride
+        kernel = self.param("kernel", self.kernel_init, (3, 3, c, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        (oh, ph), (ow, pw) = _same(x.shape[-3], s), _same(x.shape[-2], s)
+        x = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + (ph, pw, (0, 0)))
+        x = jnp.concatenate([x[..., i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, :]
+                             for i in range(3) for j in range(3)], -1)
+        return x @ kernel.reshape(9 * c, self.features) + bias
+
+
 class CNN(nn.Module):
     """A small convolutional torso for image observations ``[..., H, W, C]``, then an MLP.
 
-    Two 3x3 convolutions (16 and 32 channels, the second with stride 2 when the image
-    is at least 16 pixels on a side), flattened, then :class:`MLP` layers.
+    Two 3x3 convolutions (``channels``: 16 and 32; padding "SAME"; relu), the first with
+    stride 2 when the image is at least 20 pixels on a side, the second with stride 2;
+    flattened; then :class:`MLP` layers. MinAtar's 10x10 frames give 5x5x32 = 800
+    features, Pong-misc's 30x40 frames 8x10x32 = 2,560. The convolutions are
+    :class:`PatchConv` (the function and parameter tree of ``flax.linen.Conv``, ``Conv_0``
+    and ``Conv_1``, then ``MLP_0``), many times faster in a natural step on the CPU.
 
     Attributes:
       hidden: widths of the dense layers after the convolutions.
       out: output width.
       activation: ``"tanh"``, ``"relu"`` or ``"gelu"`` (dense layers; convolutions use relu).
       out_scale: gain of the output layer's orthogonal init.
+      channels: output channels of each convolution.
+      strides: the stride of each convolution (``None``: the rule above, and 2 for any
+        further ones).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -125,12 +179,16 @@ class CNN(nn.Module):
       >>> params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 10, 10, 4)))
       >>> net.apply(params, jnp.zeros((5, 10, 10, 4))).shape
       (5, 3)
+      >>> params["params"]["Conv_1"]["kernel"].shape
+      (3, 3, 16, 32)
     """
 
     hidden: Sequence[int]
     out: int
     activation: str = "relu"
     out_scale: float = 1.0
+    channels: Sequence[int] = (16, 32)
+    strides: Sequence[int] | None = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -138,9 +196,13 @@ class CNN(nn.Module):
             raise ValueError(f"CNN needs image observations [..., H, W, C], got shape {x.shape}.")
         lead = x.shape[:-3]
         x = x.reshape((-1,) + x.shape[-3:])
-        stride = 2 if min(x.shape[1:3]) >= 16 else 1
-        x = nn.relu(nn.Conv(16, (3, 3), kernel_init=orthogonal(np.sqrt(2.0)))(x))
-        x = nn.relu(nn.Conv(32, (3, 3), strides=stride, kernel_init=orthogonal(np.sqrt(2.0)))(x))
+        strides = self.strides
+        if strides is None:
+            strides = [2 if min(x.shape[1:3]) >= 20 else 1] + [2] * (len(self.channels) - 1)
+        if len(strides) != len(self.channels):
+            raise ValueError(f"CNN has {len(self.channels)} channels but {len(strides)} strides.")
+        for i, (c, s) in enumerate(zip(self.channels, strides, strict=True)):
+            x = nn.relu(PatchConv(c, s, name=f"Conv_{i}")(x))
         x = x.reshape(lead + (-1,))
         return MLP(self.hidden, self.out, self.activation, self.out_scale)(x)
 
