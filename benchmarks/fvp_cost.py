@@ -61,7 +61,7 @@ TARGET_CG_ITER = 1.1  # one CG iteration <= 1.1x a gradient
 TARGET_STEP = 12.0  # whole natural step <= 12x a gradient
 MAX_KL = 0.01
 STEP_CG_ITERS = 10
-DAMPING = 1e-3  # precondition_by_fisher's default, used in the CG rows too
+DAMPING = 1e-3  # sb3-contrib's TRPO damping (npgjax's default is 0.1), used in the CG rows too
 
 
 @dataclass(frozen=True)
