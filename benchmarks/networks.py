@@ -16,24 +16,19 @@ Issue #8, item 3. For each environment (``get_config(env, "npg")`` defaults: 8 e
 Networks:
 
 * ``mlp``: ``network="mlp"`` (observations flattened; 64-64 tanh);
-* ``cnn``: ``network="cnn"`` (``npgjax.rl.CNN``: conv16 3x3, conv32 3x3, stride 2 when
-  the image side is >= 16, then 64-64 relu), built on ``flax.linen.Conv``;
-* ``cnn-im2col``: the same function (same layers and shapes, "SAME" padding, equal
-  outputs for equal weights) with each convolution written as 3x3 patches and a dense
-  layer, passed as ``make_train(cfg, policy_torso=..., critic_torso=...)``. Defined
-  here because XLA's CPU convolution, once linearised and transposed inside a
-  ``while_loop`` (the conjugate-gradient loop of every natural step), runs tens of times
-  slower than the same product outside a loop: see benchmarks/README.md.
+* ``cnn``: ``network="cnn"`` (``npgjax.rl.CNN``: conv16 3x3, stride 2 when the image is
+  at least 20 pixels on a side, conv32 3x3 stride 2, then 64-64 relu; each convolution
+  written as 3x3 patches and one matmul, ``npgjax.rl.networks.PatchConv``).
 
-The library ``cnn`` costs minutes per update on 2 CPU cores, so it gets one timed
-update (no warmup) on ``--cnn-envs`` only and no learning run (``--learn cnn`` adds
-one). The defaults (2 seeds, 24,576 steps on Breakout, no Pong learning run) are what
-took 16 minutes on 2 CPU cores shared at load 6-12; on a GPU or a quiet machine use e.g.
-``--seeds 4 --steps 200704 100352 --chunk 4 --repeats 5``.
+``--fvp-probe`` times one Fisher-vector product, alone and inside a ``fori_loop`` (as in
+the conjugate-gradient loop of every natural step), for the mlp, the library cnn and the
+same cnn built on ``flax.linen.Conv`` (equal outputs for equal weights): XLA's CPU
+convolution is many times slower once linearised and transposed inside a loop, which is
+why the library cnn is written as patches.
 
-    .venv/bin/python benchmarks/networks.py                 # ~16 min on 2 busy cores
+    .venv/bin/python benchmarks/networks.py --seeds 4 --steps 200704 100352 --chunk 4 \
+        --repeats 5 --json out.json                       # ~25 min on 2 CPU cores
     .venv/bin/python benchmarks/networks.py --quick         # smoke test
-    .venv/bin/python benchmarks/networks.py --json out.json
     .venv/bin/python benchmarks/networks.py --fvp-probe     # the conv-in-a-loop cost
 """
 
@@ -58,64 +53,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model, load_average
 
-from npgjax.rl import get_config, make_train, make_trainer, orthogonal
+from npgjax.rl import CNN, MLP, get_config, make_train, make_trainer, orthogonal
 
 ENVS = ("Breakout-MinAtar", "Pong-misc")
-NETS = ("mlp", "cnn", "cnn-im2col")
+NETS = ("mlp", "cnn")
 
 
-class PatchConv(nn.Module):
-    """A 3x3 convolution, padding "SAME", as patches and a dense layer (no lax.conv)."""
+class FlaxConvCNN(nn.Module):
+    """``npgjax.rl.CNN`` with ``flax.linen.Conv`` layers (the same function and params)."""
 
-    features: int
-    stride: int = 1
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h, w = x.shape[1:3]
-        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        x = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], -1)
-        s = self.stride
-        if s > 1:  # XLA's "SAME": pad total max((out-1)s+3-n, 0), the smaller half first
-            off = [1 - max((-(-d // s) - 1) * s + 3 - d, 0) // 2 for d in (h, w)]
-            x = x[:, off[0]::s, off[1]::s]
-        return nn.Dense(self.features, kernel_init=orthogonal(np.sqrt(2.0)))(x)
-
-
-class Im2colTorso(nn.Module):
-    """``npgjax.rl.CNN``'s layers without its output layer, convolutions as patches."""
-
-    hidden: tuple[int, ...] = (64, 64)
+    out: int
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         lead = x.shape[:-3]
         x = x.reshape((-1,) + x.shape[-3:])
-        stride = 2 if min(x.shape[1:3]) >= 16 else 1
-        x = nn.relu(PatchConv(16)(x))
-        x = nn.relu(PatchConv(32, stride)(x))
-        x = x.reshape(lead + (-1,))
-        for h in self.hidden:
-            x = nn.relu(nn.Dense(h, kernel_init=orthogonal(np.sqrt(2.0)))(x))
-        return x
+        s0 = 2 if min(x.shape[1:3]) >= 20 else 1
+        for c, s in ((16, s0), (32, 2)):
+            x = nn.relu(nn.Conv(c, (3, 3), strides=s, kernel_init=orthogonal(np.sqrt(2.0)))(x))
+        return MLP((64, 64), self.out, "relu", 0.01)(x.reshape(lead + (-1,)))
 
 
-def trainer_args(net: str, cfg_over: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(get_config overrides, make_train/make_trainer keyword arguments) for a network."""
-    if net == "cnn-im2col":
-        return dict(cfg_over, network="cnn"), {"policy_torso": Im2colTorso(),
-                                               "critic_torso": Im2colTorso()}
-    return dict(cfg_over, network=net), {}
-
-
-def fvp_probe(shape: tuple[int, ...] = (10, 10, 4), n: int = 1024, loops: int = 2) -> None:
+def fvp_probe(shape: tuple[int, ...] = (10, 10, 4), n: int = 1024, loops: int = 4) -> None:
     """Seconds per analytic Fisher-vector product, alone and inside a ``fori_loop``."""
     from npgjax import Categorical, analytic_fisher_vector_product
-    from npgjax.rl import CNN, TorsoHead
 
     x = jax.random.normal(jax.random.PRNGKey(1), (n, *shape))
-    for name, net in (("cnn", CNN((64, 64), 3, "relu", 0.01)),
-                      ("cnn-im2col", TorsoHead(Im2colTorso(), 3, 0.01))):
+    for name, net in (("mlp", MLP((64, 64), 3, "tanh", 0.01, 3)),
+                      ("cnn", CNN((64, 64), 3, "relu", 0.01)),
+                      ("cnn on flax Conv", FlaxConvCNN(3))):
         params = net.init(jax.random.PRNGKey(0), x[:2])
 
         def fvp(p, x, net=net):
@@ -133,14 +99,13 @@ def fvp_probe(shape: tuple[int, ...] = (10, 10, 4), n: int = 1024, loops: int = 
             jax.block_until_ready(fn(params, x))
             t = time.perf_counter()
             jax.block_until_ready(fn(params, x))
-            print(f"  {name} fvp {label}: {(time.perf_counter() - t) / k:.3f} s per product "
-                  f"(batch {n} x {shape})", flush=True)
+            print(f"  {name} fvp {label}: {(time.perf_counter() - t) / k * 1e3:.1f} ms per "
+                  f"product (batch {n} x {shape})", flush=True)
 
 
 def build_throughput(env: str, net: str, chunk: int, warmup: bool) -> dict[str, Any]:
-    over, kw = trainer_args(net, {"total_timesteps": 10**9})
-    config = get_config(env, "npg", **over)
-    trainer = make_trainer(config, **kw)
+    config = get_config(env, "npg", total_timesteps=10**9, network=net)
+    trainer = make_trainer(config)
 
     def run_chunk(state):
         return jax.lax.scan(lambda s, _: trainer.update(s), state, None, length=chunk)
@@ -158,15 +123,12 @@ def build_throughput(env: str, net: str, chunk: int, warmup: bool) -> dict[str, 
             "warmup_s": time.perf_counter() - t}
 
 
-def throughput(envs, nets, chunk, repeats, cnn_envs) -> list[dict[str, Any]]:
+def throughput(envs, nets, chunk, repeats) -> list[dict[str, Any]]:
     rows = []
     for env in envs:
         for net in nets:
-            if net == "cnn" and env not in cnn_envs:
-                continue
-            lib = net == "cnn"  # minutes per update: one update, one call, no warmup
-            r = build_throughput(env, net, 1 if lib else chunk, warmup=not lib)
-            r["repeats"] = 1 if lib else repeats
+            r = build_throughput(env, net, chunk, warmup=True)
+            r["repeats"] = repeats
             rows.append(r)
             print(f"  compiled {env} {net}: {r['compile_s']:.1f} s, warmup "
                   f"{r['warmup_s']:.1f} s", flush=True)
@@ -190,10 +152,9 @@ def learning(env: str, net: str, steps: int, seeds: int, eval_episodes: int) -> 
     probe = get_config(env, "npg", total_timesteps=steps)
     n_up = probe.num_updates
     quarter = max(1, n_up // 4)
-    over, kw = trainer_args(net, {"total_timesteps": steps, "eval_every": quarter,
-                                  "eval_episodes": eval_episodes})
-    cfg = get_config(env, "npg", **over)
-    train = jax.jit(jax.vmap(make_train(cfg, **kw)))
+    cfg = get_config(env, "npg", total_timesteps=steps, network=net, eval_every=quarter,
+                     eval_episodes=eval_episodes)
+    train = jax.jit(jax.vmap(make_train(cfg)))
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     t0 = time.perf_counter()
     compiled = train.lower(keys).compile()
@@ -252,13 +213,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--envs", nargs="+", default=list(ENVS))
     p.add_argument("--chunk", type=int, default=1, help="updates per timed call")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cnn-envs", nargs="*", default=["Breakout-MinAtar"],
-                   help="envs with a throughput row for the library cnn (one update)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--steps", nargs="+", type=int, default=[24_576, 0],
                    help="learning budget per env in --envs order (env steps, the same for "
                         "every network; 0 = no learning run)")
-    p.add_argument("--learn", nargs="+", default=["mlp", "cnn-im2col"], choices=NETS)
+    p.add_argument("--learn", nargs="+", default=list(NETS), choices=NETS)
     p.add_argument("--eval-episodes", type=int, default=8)
     p.add_argument("--fvp-probe", action="store_true",
                    help="only time one Fisher-vector product, alone and in a loop")
@@ -270,13 +229,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if args.quick:
         args.chunk, args.repeats, args.seeds, args.steps = 1, 2, 2, [2048, 2048]
-        args.envs, args.cnn_envs = ["Breakout-MinAtar"], []
+        args.envs = ["Breakout-MinAtar"]
     dev = jax.devices()[0]
     header = (f"machine: {cpu_model()} ({platform.machine()}), cpu_count={os.cpu_count()}, "
               f"jax {jax.__version__}, device={dev.device_kind} ({dev.platform}), "
               f"load average at start {load_average()}")
     print(header, flush=True)
-    thr = throughput(args.envs, NETS, args.chunk, args.repeats, args.cnn_envs)
+    thr = throughput(args.envs, NETS, args.chunk, args.repeats)
     print_tables(header, thr, [])
     learn = []
     for env, steps in zip(args.envs, args.steps, strict=False):
