@@ -7,14 +7,7 @@ step rule -> optax transform -> RL loop (:mod:`npgjax.rl`, imported on demand).
 from npgjax._tree import materialize, tree_vdot
 from npgjax._version import __version__ as __version__
 from npgjax.distributions import Categorical, DiagGaussian, distribution_fisher_vector_product
-from npgjax.estimators import (
-    discounted_returns,
-    explained_variance,
-    gae,
-    normalize_advantages,
-    surrogate_loss,
-    truncation_aware_returns,
-)
+from npgjax.estimators import explained_variance, normalize_advantages, surrogate_loss
 from npgjax.fisher import (
     analytic_fisher,
     analytic_fisher_vector_product,
@@ -26,6 +19,7 @@ from npgjax.fisher import (
 )
 from npgjax.logprob import policy_log_prob_fn, segment_log_probs, trajectory_log_prob
 from npgjax.optimizers import npg, trpo
+from npgjax.returns import discounted_returns, gae, truncation_aware_returns
 from npgjax.sample_space import sample_space_natural_gradient
 from npgjax.scores import per_sample_scores, score_matrix
 from npgjax.solvers import SolveInfo, cholesky_solve, conjugate_gradient
