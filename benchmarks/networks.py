@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quick", action="store_true", help="a smoke test (tiny budgets)")
     p.add_argument("--envs", nargs="+", default=list(ENVS))
     p.add_argument("--chunk", type=int, default=1, help="updates per timed call")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed calls (0: no throughput)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--steps", nargs="+", type=int, default=[24_576, 0],
                    help="learning budget per env in --envs order (env steps, the same for "
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"jax {jax.__version__}, device={dev.device_kind} ({dev.platform}), "
               f"load average at start {load_average()}")
     print(header, flush=True)
-    thr = throughput(args.envs, NETS, args.chunk, args.repeats)
+    thr = throughput(args.envs, NETS, args.chunk, args.repeats) if args.repeats else []
     print_tables(header, thr, [])
     learn = []
     for env, steps in zip(args.envs, args.steps, strict=False):
@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             r = learning(env, net, steps, args.seeds, args.eval_episodes)
             learn.append(r)
             print(f"  learned {env} {net}: compile {r['compile_s']:.0f} s, train "
-                  f"{r['train_s']:.0f} s", flush=True)
+                  f"{r['train_s']:.0f} s; returns " + ", ".join(
+                      f"{a['env_steps']}: train {_pm(a['train_return'])} eval "
+                      f"{_pm(a['eval_return'])}" for a in r["at"]), flush=True)
     header += f"; at the end {load_average()}"
     print_tables(header, thr, learn)
     out = {"machine": header, "throughput": thr, "learning": learn}
