@@ -208,12 +208,112 @@ def mask_is_valid(mask: Any) -> Array:
     return jnp.all(jnp.isfinite(m) & (m >= 0))
 
 
-def sample_weights(mask: Array | None, shape: tuple[int, ...], dtype: Any) -> Array:
-    """Weights 1/N (or mask/sum(mask)) for averaging over samples."""
+# ---------------------------------------------------------------- devices
+
+AxisName = Any  # a mesh or pmap axis name, or a tuple of them
+
+
+def _axis_names(axis_name: AxisName) -> tuple[Any, ...]:
+    return tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,)
+
+
+def check_axis_name(axis_name: AxisName, where: str) -> int:
+    """Size of a bound ``axis_name`` (1 for None); a ValueError naming it when unbound."""
+    if axis_name is None:
+        return 1
+    try:
+        return jax.lax.axis_size(axis_name)
+    except NameError as e:
+        raise ValueError(
+            f"{where}: axis_name={axis_name!r} is not bound here. Call it inside jax.shard_map "
+            "or jax.pmap over that axis; under plain jax.jit with sharded inputs "
+            "(NamedSharding) pass axis_name=None, XLA inserts the reductions itself."
+        ) from e
+
+
+def axis_psum(tree: PyTree, axis_name: AxisName) -> PyTree:
+    """Sum over the devices of ``axis_name`` (the identity for None)."""
+    return tree if axis_name is None else jax.lax.psum(tree, axis_name)
+
+
+def axis_pmean(tree: PyTree, axis_name: AxisName) -> PyTree:
+    """Mean over the devices of ``axis_name`` (the identity for None)."""
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def axis_all(flag: Array, axis_name: AxisName) -> Array:
+    """True where ``flag`` holds on every device of ``axis_name``."""
+    if axis_name is None:
+        return flag
+    return jax.lax.psum(jnp.logical_not(flag).astype(jnp.int32), axis_name) == 0
+
+
+def varying_axes(x: Any) -> frozenset:
+    """The manual axes ``x`` varies over inside ``shard_map`` (empty when unknown)."""
+    try:
+        aval = jax.typeof(x)
+    except Exception:  # pragma: no cover - older jax without typeof
+        return frozenset()
+    mat = getattr(aval, "manual_axis_type", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", frozenset()))
+
+
+def vary(tree: PyTree, axis_name: AxisName) -> PyTree:
+    """Mark ``tree`` as varying over ``axis_name``, so a vjp at it stays per device.
+
+    Under ``shard_map`` (``check_vma``) the transpose of a replicated input is a ``psum``;
+    linearising at ``vary(params)`` keeps each product local, and an explicit
+    :func:`axis_psum` then reduces it alike under ``shard_map`` and ``pmap``.
+    """
+    if axis_name is None:
+        return tree
+    cast = getattr(jax.lax, "pcast", None)
+    if cast is not None:
+        def fn(x, ax):
+            return cast(x, ax, to="varying")
+    else:  # pragma: no cover - jax between 0.6 and 0.10, or before varying types
+        fn = getattr(jax.lax, "pvary", None)
+        if fn is None:
+            return tree
+    names = _axis_names(axis_name)
+
+    def one(x: Any) -> Any:
+        missing = tuple(n for n in names if n not in varying_axes(x))
+        return fn(x, missing) if missing else x
+
+    return jax.tree.map(one, tree)
+
+
+def gather_rows(x: Array, axis_name: AxisName) -> Array:
+    """Concatenate every device's ``x`` along axis 0 (a ``psum``, so unvarying)."""
+    size, idx = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
+    n = x.shape[0]
+    full = jnp.zeros((size * n,) + x.shape[1:], x.dtype)
+    return jax.lax.psum(jax.lax.dynamic_update_slice_in_dim(full, x, idx * n, 0), axis_name)
+
+
+def check_divisible(batch: PyTree, num_shards: int, where: str) -> None:
+    """Raise naming the leaf when a batch's leading axis does not split over ``num_shards``."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
+        shape = jnp.shape(leaf)
+        if not shape or shape[0] % num_shards:
+            raise ValueError(
+                f"{where}: batch leaf {jax.tree_util.keystr(path)} has shape {shape}; its "
+                f"leading (sample) axis must divide evenly over {num_shards} devices. Pad the "
+                "batch with masked samples or change the number of devices."
+            )
+
+
+def sample_weights(
+    mask: Array | None, shape: tuple[int, ...], dtype: Any, axis_name: AxisName = None
+) -> Array:
+    """Weights 1/N (or mask/sum(mask)) for averaging over samples, over all devices."""
     if mask is None:
-        n = 1
+        n = check_axis_name(axis_name, "sample_weights")
         for s in shape:
             n *= s
-        return jnp.full(shape, 1.0 / max(n, 1), dtype)
+        return jnp.full(shape, 1.0 / jnp.maximum(n, 1), dtype)
     m = jnp.asarray(mask, dtype)
-    return m / jnp.maximum(jnp.sum(m), 1.0)
+    return m / jnp.maximum(axis_psum(jnp.sum(m), axis_name), 1.0)

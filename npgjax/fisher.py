@@ -22,6 +22,12 @@ Two estimators of the Fisher matrix of a policy:
 Both products linearise the network once (``jax.linearize``) when the operator is
 built, so each product re-uses the forward pass, and neither ever materialises the
 ``N x P`` Jacobian. Damping adds :math:`\lambda v`.
+
+Over several devices: under ``jax.jit`` with a batch sharded by ``NamedSharding`` the
+code needs nothing (XLA inserts the reductions). Inside ``jax.shard_map`` or
+``jax.pmap`` each device holds a slice of the batch; with ``axis_name`` every mean over
+samples (the product, the weights and mask sum, the centred mean score) is taken over
+the global batch, so the product equals the single-device one on the concatenated batch.
 """
 
 from __future__ import annotations
@@ -33,12 +39,16 @@ import jax
 import jax.numpy as jnp
 
 from npgjax._tree import (
+    AxisName,
+    axis_psum,
+    check_axis_name,
     check_mask,
     check_positive,
     check_same_structure,
     materialize,
     sample_weights,
     tree_axpy,
+    vary,
 )
 from npgjax.distributions import distribution_fisher_vector_product
 from npgjax.scores import num_samples, score_matrix
@@ -96,6 +106,7 @@ def fisher_vector_product(
     damping: Array | float = 0.0,
     mask: Array | None = None,
     centered: bool = False,
+    axis_name: AxisName = None,
 ) -> MatVec:
     r"""Empirical (score) Fisher-vector product, matrix-free.
 
@@ -119,6 +130,9 @@ def fisher_vector_product(
       damping: :math:`\lambda \ge 0`.
       mask: optional ``[N]`` sample mask (padding samples get 0); finite and >= 0.
       centered: subtract the mean score.
+      axis_name: inside ``shard_map``/``pmap``, the axis the batch is split over: the
+        weights, the mean score and the product are then global (``psum``); ``v`` and
+        ``params`` are the same on every device.
 
     Returns:
       ``fvp(v)``, a linear function from pytrees like ``params`` to the same.
@@ -134,17 +148,19 @@ def fisher_vector_product(
     check_positive(damping, "damping", allow_zero=True)
     n = num_samples(log_prob_fn, params, batch, "fisher_vector_product")
     check_mask(mask, (n,), "fisher_vector_product")
-    logp, jvp_fn = jax.linearize(lambda p: log_prob_fn(p, batch), params)
-    vjp_fn = jax.linear_transpose(jvp_fn, params)
-    w = sample_weights(mask, (n,), logp.dtype)
+    check_axis_name(axis_name, "fisher_vector_product")
+    at = vary(params, axis_name)  # a per-device vjp, reduced explicitly below
+    logp, jvp_fn = jax.linearize(lambda p: log_prob_fn(p, batch), at)
+    vjp_fn = jax.linear_transpose(jvp_fn, at)
+    w = sample_weights(mask, (n,), logp.dtype, axis_name)
 
     def fvp(v: PyTree) -> PyTree:
         check_same_structure(v, params, "v", "params")
-        u = jvp_fn(v)
+        u = jvp_fn(vary(v, axis_name))
         if centered:
-            u = u - jnp.sum(w * u)
+            u = u - axis_psum(jnp.sum(w * u), axis_name)
         (out,) = vjp_fn(w * u)
-        return tree_axpy(damping, v, out)
+        return tree_axpy(damping, v, axis_psum(out, axis_name))
 
     return fvp
 
@@ -157,10 +173,10 @@ def _batch_shape(dist: Any) -> tuple[int, ...]:
 
 
 def _analytic_weights(
-    batch_shape: tuple[int, ...], mask: Array | None, per: str, dtype: Any
+    batch_shape: tuple[int, ...], mask: Array | None, per: str, dtype: Any, axis_name: AxisName
 ) -> Array:
     if per == "step":
-        return sample_weights(mask, batch_shape, dtype)
+        return sample_weights(mask, batch_shape, dtype, axis_name)
     if per != "trajectory":
         raise ValueError(f"per must be 'step' or 'trajectory', got {per!r}.")
     if len(batch_shape) != 2:
@@ -169,7 +185,7 @@ def _analytic_weights(
             f"{batch_shape}."
         )
     m = jnp.ones(batch_shape, dtype) if mask is None else jnp.asarray(mask, dtype)
-    return m / batch_shape[0]
+    return m / (batch_shape[0] * check_axis_name(axis_name, "analytic_fisher_vector_product"))
 
 
 def _check_batch_axis(batch: PyTree, bshape: tuple[int, ...]) -> None:
@@ -194,6 +210,7 @@ def analytic_fisher_vector_product(
     damping: Array | float = 0.0,
     mask: Array | None = None,
     per: str = "step",
+    axis_name: AxisName = None,
 ) -> MatVec:
     r"""Analytic Fisher-vector product: jvp, the distribution's Fisher, vjp.
 
@@ -217,6 +234,8 @@ def analytic_fisher_vector_product(
       damping: :math:`\lambda \ge 0`.
       mask: optional mask of the distribution's batch shape (finite, >= 0).
       per: ``"step"`` or ``"trajectory"``.
+      axis_name: inside ``shard_map``/``pmap``, the axis the batch is split over; the
+        weights and the product are then means over the global batch.
 
     Returns:
       ``fvp(v)``.
@@ -234,23 +253,25 @@ def analytic_fisher_vector_product(
       Array([[ 0.5, -0.5]], dtype=float32)
     """
     check_positive(damping, "damping", allow_zero=True)
-    dist0, jvp_fn = jax.linearize(lambda p: dist_fn(p, batch), params)
-    vjp_fn = jax.linear_transpose(jvp_fn, params)
+    check_axis_name(axis_name, "analytic_fisher_vector_product")
+    at = vary(params, axis_name)
+    dist0, jvp_fn = jax.linearize(lambda p: dist_fn(p, batch), at)
+    vjp_fn = jax.linear_transpose(jvp_fn, at)
     bshape = _batch_shape(dist0)
     _check_batch_axis(batch, bshape)
     check_mask(mask, bshape, "analytic_fisher_vector_product")
     dtype = jnp.result_type(*jax.tree.leaves(dist0))
-    w = _analytic_weights(bshape, mask, per, dtype)
+    w = _analytic_weights(bshape, mask, per, dtype, axis_name)
 
     def weigh(x: Array) -> Array:
         return x * w.reshape(bshape + (1,) * (x.ndim - len(bshape)))
 
     def fvp(v: PyTree) -> PyTree:
         check_same_structure(v, params, "v", "params")
-        t = jvp_fn(v)
+        t = jvp_fn(vary(v, axis_name))
         ft = jax.tree.map(weigh, distribution_fisher_vector_product(dist0, t))
         (out,) = vjp_fn(ft)
-        return tree_axpy(damping, v, out)
+        return tree_axpy(damping, v, axis_psum(out, axis_name))
 
     return fvp
 
@@ -308,6 +329,7 @@ def dense_analytic_fisher(
     damping: Array | float = 0.0,
     mask: Array | None = None,
     per: str = "step",
+    axis_name: AxisName = None,
 ) -> Array:
     """Dense analytic Fisher ``[P, P]``, by applying the matrix-free product to a basis.
 
@@ -318,6 +340,7 @@ def dense_analytic_fisher(
       damping: :math:`\\lambda \\ge 0`.
       mask: optional mask of the distribution's batch shape.
       per: ``"step"`` or ``"trajectory"``.
+      axis_name: the device axis of the batch inside ``shard_map``/``pmap``.
 
     Returns:
       The ``[P, P]`` matrix in ``ravel_pytree(params)`` order.
@@ -331,7 +354,7 @@ def dense_analytic_fisher(
              [-0.25,  0.25]], dtype=float32)
     """
     fvp = analytic_fisher_vector_product(
-        dist_fn, params, batch, damping=damping, mask=mask, per=per
+        dist_fn, params, batch, damping=damping, mask=mask, per=per, axis_name=axis_name
     )
     return materialize(fvp, params)
 
@@ -339,12 +362,15 @@ def dense_analytic_fisher(
 # ---------------------------------------------------------------- factories
 
 
-def empirical_fisher(log_prob_fn: LogProbFn, *, centered: bool = False) -> FisherFn:
+def empirical_fisher(
+    log_prob_fn: LogProbFn, *, centered: bool = False, axis_name: AxisName = None
+) -> FisherFn:
     """A Fisher factory ``(params, batch, mask=None) -> fvp`` for the empirical Fisher.
 
     Args:
       log_prob_fn: ``log_prob_fn(params, batch) -> [N]``.
       centered: subtract the mean score.
+      axis_name: the device axis of the batch inside ``shard_map``/``pmap``.
 
     Returns:
       A factory for :func:`npgjax.precondition_by_fisher`'s ``fisher`` argument.
@@ -358,17 +384,20 @@ def empirical_fisher(log_prob_fn: LogProbFn, *, centered: bool = False) -> Fishe
     """
 
     def make(params: PyTree, batch: PyTree, mask: Array | None = None) -> MatVec:
-        return fisher_vector_product(log_prob_fn, params, batch, mask=mask, centered=centered)
+        return fisher_vector_product(
+            log_prob_fn, params, batch, mask=mask, centered=centered, axis_name=axis_name
+        )
 
     return make
 
 
-def analytic_fisher(dist_fn: DistFn, *, per: str = "step") -> FisherFn:
+def analytic_fisher(dist_fn: DistFn, *, per: str = "step", axis_name: AxisName = None) -> FisherFn:
     """A Fisher factory ``(params, batch, mask=None) -> fvp`` for the analytic Fisher.
 
     Args:
       dist_fn: ``dist_fn(params, batch) -> distribution``.
       per: ``"step"`` or ``"trajectory"``.
+      axis_name: the device axis of the batch inside ``shard_map``/``pmap``.
 
     Returns:
       A factory for :func:`npgjax.precondition_by_fisher`'s ``fisher`` argument.
@@ -384,6 +413,8 @@ def analytic_fisher(dist_fn: DistFn, *, per: str = "step") -> FisherFn:
         raise ValueError(f"per must be 'step' or 'trajectory', got {per!r}.")
 
     def make(params: PyTree, batch: PyTree, mask: Array | None = None) -> MatVec:
-        return analytic_fisher_vector_product(dist_fn, params, batch, mask=mask, per=per)
+        return analytic_fisher_vector_product(
+            dist_fn, params, batch, mask=mask, per=per, axis_name=axis_name
+        )
 
     return make

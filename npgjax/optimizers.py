@@ -53,6 +53,7 @@ def npg(
     solver: str | Callable[..., Any] | None = None,
     kl_fn: Callable[[PyTree, PyTree, PyTree], Array] | None = None,
     max_kl_factor: float | None = None,
+    axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Natural policy gradient optimizer, in the manner of ``optax.adam``.
 
@@ -84,6 +85,8 @@ def npg(
       kl_fn: ``kl_fn(new_params, old_params, batch) -> scalar`` for the KL guard
         (default :func:`npgjax.mean_kl` of ``dist_fn`` when ``max_kl_factor`` is given).
       max_kl_factor: the guard's tolerance factor (1.5 when only ``kl_fn`` is given).
+      axis_name: inside ``shard_map``/``pmap``, the axis the batch is split over (see
+        :func:`precondition_by_fisher`); the gradient passed to ``update`` must be global.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; call ``update(grads, state,
@@ -129,6 +132,7 @@ def npg(
         cg_tol=cg_tol,
         centered=centered,
         solver=solver,
+        axis_name=axis_name,
     )
     lr = 1.0 if learning_rate is None else learning_rate
     parts = [pre, optax.scale(-lr)]
@@ -143,7 +147,7 @@ def npg(
                 )
             kl_fn = mean_kl(dist_fn)
         factor = 1.5 if max_kl_factor is None else max_kl_factor
-        parts.append(kl_guard(kl_fn, max_kl=max_kl, max_kl_factor=factor))
+        parts.append(kl_guard(kl_fn, max_kl=max_kl, max_kl_factor=factor, axis_name=axis_name))
     return _checked_chain("npg", *parts)
 
 
@@ -157,6 +161,7 @@ def trpo(
     cg_tol: float | None = None,
     shrink: float = 0.8,
     max_tries: int = 10,
+    axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Trust Region Policy Optimization as one optax optimizer.
 
@@ -174,6 +179,10 @@ def trpo(
       cg_tol: conjugate-gradient tolerance (None: ``10 * eps`` of the dtype).
       shrink: line-search factor.
       max_tries: line-search tries.
+      axis_name: inside ``shard_map``/``pmap``, the axis the batch is split over: the
+        Fisher products and the line search's surrogate and KL are then means over the
+        global batch, and ``grads`` must be the global gradient, e.g.
+        ``jax.grad(lambda p: jax.lax.pmean(loss_fn(p, batch), axis_name))(params)``.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; call ``update(grads, state,
@@ -196,10 +205,12 @@ def trpo(
     return _checked_chain(
         "trpo",
         precondition_by_fisher(
-            dist_fn=dist_fn, max_kl=max_kl, damping=damping, cg_iters=cg_iters, cg_tol=cg_tol
+            dist_fn=dist_fn, max_kl=max_kl, damping=damping, cg_iters=cg_iters, cg_tol=cg_tol,
+            axis_name=axis_name,
         ),
         optax.scale(-1.0),
         trust_region_line_search(
-            loss_fn, mean_kl(dist_fn), max_kl=max_kl, shrink=shrink, max_tries=max_tries
+            loss_fn, mean_kl(dist_fn), max_kl=max_kl, shrink=shrink, max_tries=max_tries,
+            axis_name=axis_name,
         ),
     )

@@ -27,13 +27,17 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from npgjax._tree import (
+    AxisName,
+    check_axis_name,
     check_mask,
     check_positive,
     check_same_structure,
+    gather_rows,
     is_concrete,
     sample_weights,
     tree_norm,
     tree_sub,
+    vary,
 )
 from npgjax.fisher import fisher_vector_product
 from npgjax.scores import num_samples, score_matrix
@@ -91,13 +95,14 @@ def _primal_solve(S: Array, g: Array, lam: Array) -> Array:
     return _cho_solve(_cholesky(A), g)
 
 
-def _check_inputs(log_prob_fn, params, batch, grads, damping, mask) -> tuple[int, int]:
+def _check_inputs(log_prob_fn, params, batch, grads, damping, mask, devices) -> tuple[int, int]:
     check_positive(damping, "damping", allow_zero=True)
     if jnp.ndim(damping) != 0:
         raise ValueError(f"{_WHERE}: damping must be a scalar, got shape {jnp.shape(damping)}.")
     check_same_structure(grads, params, "grads", "params")
     n = num_samples(log_prob_fn, params, batch, _WHERE)
     check_mask(mask, (n,), _WHERE)
+    n = n * devices  # the global batch
     if mask is not None and is_concrete(mask) and np.any(np.asarray(mask) < 0):
         raise ValueError(f"{_WHERE}: mask must be non-negative (sample weights).")
     p = sum(int(np.prod(jnp.shape(x))) for x in jax.tree.leaves(params))
@@ -119,6 +124,7 @@ def sample_space_natural_gradient(
     centered: bool = False,
     chunk_size: int | None = None,
     mask: Array | None = None,
+    axis_name: AxisName = None,
 ) -> tuple[PyTree, SolveInfo]:
     r"""Exact :math:`(F + \lambda I)^{-1} g` for the empirical Fisher, in sample space.
 
@@ -153,6 +159,9 @@ def sample_space_natural_gradient(
       centered: subtract the mean score (the covariance of the scores).
       chunk_size: optional number of samples per chunk of the score computation.
       mask: optional ``[N]`` non-negative sample weights (0 for padding).
+      axis_name: inside ``shard_map``/``pmap``, the axis the batch is split over; the
+        score matrices of all devices are gathered (a ``psum``) and every device solves
+        the same global ``N x N`` system. The gradient must already be global.
 
     Returns:
       ``(x, SolveInfo)``: ``x`` like ``grads``; ``iterations = 0``, ``residual_norm``
@@ -181,17 +190,23 @@ def sample_space_natural_gradient(
       optimize large-scale neural network quantum states*, arXiv:2310.05715, 2023
       (Communications Physics 2024).
     """
-    n, p = _check_inputs(log_prob_fn, params, batch, grads, damping, mask)
+    devices = check_axis_name(axis_name, _WHERE)
+    n, p = _check_inputs(log_prob_fn, params, batch, grads, damping, mask, devices)
     flat_g, unravel = ravel_pytree(grads)
-    S = score_matrix(log_prob_fn, params, batch, chunk_size=chunk_size)
+    S = score_matrix(log_prob_fn, vary(params, axis_name), batch, chunk_size=chunk_size)
+    gmask = mask
+    if axis_name is not None:  # every device holds the global score matrix
+        S = gather_rows(S, axis_name)
+        gmask = None if mask is None else gather_rows(jnp.asarray(mask, S.dtype), axis_name)
     dtype = jnp.result_type(S.dtype, flat_g.dtype)
-    S = _scaled_scores(S.astype(dtype), mask, centered)
+    S = _scaled_scores(S.astype(dtype), gmask, centered)
     g, lam = flat_g.astype(dtype), jnp.asarray(damping, dtype)
     x = _dual_solve(S, g, lam) if n < p else _primal_solve(S, g, lam)
     ok = jnp.all(jnp.isfinite(x))
     x = unravel(jnp.where(ok, x, 0.0))
     fvp = fisher_vector_product(
-        log_prob_fn, params, batch, damping=damping, mask=mask, centered=centered
+        log_prob_fn, params, batch, damping=damping, mask=mask, centered=centered,
+        axis_name=axis_name,
     )
     res = tree_norm(tree_sub(grads, fvp(x)))
     # Normwise backward error: tr(F) + lambda bounds ||F + lambda I||.

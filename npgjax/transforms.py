@@ -31,7 +31,10 @@ import jax.numpy as jnp
 import optax
 
 from npgjax._tree import (
+    AxisName,
+    axis_all,
     check_all_finite,
+    check_axis_name,
     check_mask,
     check_positive,
     check_same_structure,
@@ -44,6 +47,7 @@ from npgjax._tree import (
     tree_vdot,
     tree_where,
     tree_zeros_like,
+    varying_axes,
 )
 from npgjax.fisher import analytic_fisher, damped, empirical_fisher
 from npgjax.sample_space import sample_space_natural_gradient
@@ -167,18 +171,31 @@ def _natural_step(matvec, g, x, info, max_kl, damping):
     return x, scale, gx, pred_kl, cosine, status
 
 
-def _hyper_status(max_kl, damping, mask) -> Array:
+def _hyper_status(max_kl, damping, mask, axis_name) -> Array:
     lam = jnp.asarray(damping)
     flags = [
         (~(jnp.isfinite(lam) & (lam >= 0)), Status.BAD_DAMPING),
-        (~mask_is_valid(mask), Status.BAD_MASK),
+        (~axis_all(mask_is_valid(mask), axis_name), Status.BAD_MASK),  # same on every device
     ]
     if max_kl is not None:
         flags.append((~max_kl_is_valid(max_kl), Status.BAD_MAX_KL))
     return _bits(flags)
 
 
-def _make_solve(solver, log_prob_fn, cg_iters, cg_tol, centered, chunk_size):
+def _check_global_gradient(updates: PyTree, axis_name: AxisName) -> None:
+    check_axis_name(axis_name, "precondition_by_fisher")
+    if axis_name is None:
+        return
+    names = set(axis_name) if isinstance(axis_name, (tuple, list)) else {axis_name}
+    if any(names & varying_axes(x) for x in jax.tree.leaves(updates)):
+        raise ValueError(
+            f"precondition_by_fisher: the gradient varies over axis_name={axis_name!r}; "
+            "pass the gradient of the global mean loss, e.g. jax.grad(lambda p: "
+            "jax.lax.pmean(loss_fn(p, batch), axis_name))(params) inside shard_map."
+        )
+
+
+def _make_solve(solver, log_prob_fn, cg_iters, cg_tol, centered, chunk_size, axis_name):
     """``solve(matvec, g, params, data, mask, damping) -> (x, SolveInfo)``."""
     if solver is None or solver == "cg":
         solver = functools.partial(conjugate_gradient, max_iters=cg_iters, tol=cg_tol)
@@ -193,7 +210,7 @@ def _make_solve(solver, log_prob_fn, cg_iters, cg_tol, centered, chunk_size):
             del matvec
             return sample_space_natural_gradient(
                 log_prob_fn, params, data, g, damping=damping, centered=centered,
-                chunk_size=chunk_size, mask=mask)
+                chunk_size=chunk_size, mask=mask, axis_name=axis_name)
 
         return exact
     elif isinstance(solver, str):
@@ -220,6 +237,7 @@ def precondition_by_fisher(
     centered: bool = False,
     per: str = "step",
     chunk_size: int | None = None,
+    axis_name: AxisName = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Precondition gradients by the inverse Fisher matrix (the natural gradient).
 
@@ -251,6 +269,17 @@ def precondition_by_fisher(
     Fisher-vector product more than the solver: the product of the final direction,
     for the rescue, the scale check and ``predicted_kl``.
 
+    Over several devices, as kfac-jax's ``pmap_axis_name``: inside ``jax.shard_map`` or
+    ``jax.pmap`` with the batch split over ``axis_name``, every mean over samples (the
+    Fisher products, the mask sum, the centred mean score) is global, so the step equals
+    the single-device step on the concatenated batch. The gradient is the caller's and
+    must already be global (the same on every device): under ``shard_map``,
+    ``jax.grad(lambda p: jax.lax.pmean(loss_fn(p, batch), axis_name))(params)``; under
+    ``pmap``, ``jax.lax.pmean(jax.grad(loss_fn)(params, batch), axis_name)``. The scalars
+    computed from it (:math:`g^\top x`, the scale, ``predicted_kl``) then need no
+    reduction. A custom ``fisher`` factory must reduce over the devices itself. Under
+    plain ``jax.jit`` with a ``NamedSharding`` batch, use ``axis_name=None``.
+
     Args:
       log_prob_fn: per-sample log-probabilities, for the empirical Fisher.
       dist_fn: the policy's distribution, for the analytic Fisher.
@@ -270,6 +299,8 @@ def precondition_by_fisher(
       centered: centre the empirical Fisher.
       per: ``"step"`` or ``"trajectory"`` for the analytic Fisher.
       chunk_size: samples per chunk of the score matrix for ``solver="sample_space"``.
+      axis_name: the ``shard_map``/``pmap`` axis the batch is split over (None: one
+        device, or ``jit`` with sharded inputs).
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
@@ -277,7 +308,9 @@ def precondition_by_fisher(
 
     Raises:
       ValueError: for a bad argument as above, a missing ``params`` or ``batch=``,
-        mismatched pytrees, or ``update`` called without ``init``'s state.
+        mismatched pytrees, ``update`` called without ``init``'s state, an
+        ``axis_name`` not bound by ``shard_map``/``pmap``, or a gradient that varies over
+        it.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -310,12 +343,12 @@ def precondition_by_fisher(
     if is_concrete(cg_iters) and int(cg_iters) < 1:
         raise ValueError(f"cg_iters must be at least 1, got {cg_iters}.")
     if log_prob_fn is not None:
-        make_fisher = empirical_fisher(log_prob_fn, centered=centered)
+        make_fisher = empirical_fisher(log_prob_fn, centered=centered, axis_name=axis_name)
     elif dist_fn is not None:
-        make_fisher = analytic_fisher(dist_fn, per=per)
+        make_fisher = analytic_fisher(dist_fn, per=per, axis_name=axis_name)
     else:
         make_fisher = fisher
-    solve = _make_solve(solver, log_prob_fn, cg_iters, cg_tol, centered, chunk_size)
+    solve = _make_solve(solver, log_prob_fn, cg_iters, cg_tol, centered, chunk_size, axis_name)
 
     def init_fn(params: PyTree) -> PreconditionByFisherState:
         del params
@@ -343,6 +376,7 @@ def precondition_by_fisher(
             )
         check_same_structure(updates, params, "updates", "params")
         check_all_finite(updates, "the gradient")
+        _check_global_gradient(updates, axis_name)
         if fisher_mask is not None:
             check_mask(fisher_mask, jnp.shape(fisher_mask), "precondition_by_fisher")
         matvec = damped(make_fisher(params, data, fisher_mask), damping)
@@ -350,7 +384,7 @@ def precondition_by_fisher(
         x, scale, gx, pred_kl, cosine, status = _natural_step(
             matvec, updates, x, info, max_kl, damping
         )
-        status = status | _hyper_status(max_kl, damping, fisher_mask)
+        status = status | _hyper_status(max_kl, damping, fisher_mask, axis_name)
         skipped = (status & ZERO_UPDATE_BITS) != 0
         out = tree_where(skipped, tree_zeros_like(updates), tree_scale(scale, x))
         gnorm = tree_norm(updates)

@@ -4,6 +4,10 @@ Both go last in a chain, after the step has its final sign and size, and call th
 policy at the candidate parameters ``params + c^k d``. A proposed step with a NaN, or a
 ``max_kl`` that is not finite and positive, gives a zero update and a flag in
 ``status`` (see :class:`npgjax.Status`); nothing non-finite reaches the parameters.
+
+Inside ``jax.shard_map`` or ``jax.pmap`` with the batch split over ``axis_name``, the
+loss and the KL of each candidate are averaged over the devices (``pmean``), so every
+device takes the same decision, the one a single device takes on the whole batch.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ import jax.numpy as jnp
 import optax
 
 from npgjax._tree import (
+    AxisName,
+    axis_pmean,
+    axis_psum,
+    check_axis_name,
     check_positive,
     check_same_structure,
     check_state,
@@ -84,11 +92,17 @@ class KLGuardState(NamedTuple):
     status: Array
 
 
-def mean_kl(dist_fn: Callable[[PyTree, PyTree], Any]) -> Callable[[PyTree, PyTree, PyTree], Array]:
+def mean_kl(
+    dist_fn: Callable[[PyTree, PyTree], Any], *, axis_name: AxisName = None
+) -> Callable[[PyTree, PyTree, PyTree], Array]:
     """``kl_fn(new_params, old_params, batch)``: mean KL(old || new) over the batch.
 
     Args:
       dist_fn: ``dist_fn(params, batch) -> distribution`` with a ``kl`` method.
+      axis_name: inside ``shard_map``/``pmap``, the axis the batch is split over: the
+        mean is then over the global batch. Not needed for the ``kl_fn`` of
+        :func:`trust_region_line_search` or :func:`kl_guard` with their own
+        ``axis_name``, which average ``kl_fn`` over the devices themselves.
 
     Returns:
       The KL function for :func:`trust_region_line_search` and :func:`kl_guard`.
@@ -105,20 +119,27 @@ def mean_kl(dist_fn: Callable[[PyTree, PyTree], Any]) -> Callable[[PyTree, PyTre
         old = jax.lax.stop_gradient(dist_fn(old_params, batch))
         new = dist_fn(new_params, batch)
         kl = getattr(old, "kl", None) or old.kl_divergence
-        return jnp.mean(kl(new))
+        values = kl(new)
+        if axis_name is None:
+            return jnp.mean(values)
+        check_axis_name(axis_name, "mean_kl")
+        total, count = axis_psum((jnp.sum(values), jnp.asarray(values.size, values.dtype)),
+                                 axis_name)
+        return total / count
 
     return kl_fn
 
 
-def _search(loss_fn, kl_fn, updates, params, batch, max_kl, shrink, max_tries, where):
+def _search(loss_fn, kl_fn, updates, params, batch, max_kl, shrink, max_tries, where, axis):
     """Shared body: checks, the backtracking search, a NaN-free update and status."""
     if params is None or batch is None:
         raise ValueError(f"{where}: update needs params and batch=.")
     check_same_structure(updates, params, "updates", "params")
-    loss = None if loss_fn is None else (lambda p: loss_fn(p, batch))
+    check_axis_name(axis, where)
+    loss = None if loss_fn is None else (lambda p: axis_pmean(loss_fn(p, batch), axis))
     f0 = None if loss is None else loss(params)
     _, info = backtracking_line_search(
-        loss, lambda q: kl_fn(q, params, batch), params, updates,
+        loss, lambda q: axis_pmean(kl_fn(q, params, batch), axis), params, updates,
         max_kl=max_kl, shrink=shrink, max_tries=max_tries, loss_old=f0,
     )
     step_ok = tree_all_finite(updates)
@@ -149,6 +170,7 @@ def trust_region_line_search(
     max_kl: float | Array,
     shrink: float = 0.8,
     max_tries: int = 10,
+    axis_name: AxisName = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""TRPO's backtracking line search as an optax transform.
 
@@ -165,6 +187,9 @@ def trust_region_line_search(
       max_kl: the KL bound.
       shrink: backtracking factor in ``(0, 1)``.
       max_tries: maximum number of candidates.
+      axis_name: inside ``shard_map``/``pmap``, the axis the batch is split over:
+        ``loss_fn`` and ``kl_fn`` return per-device means (over equal shards) and are
+        averaged over it. The proposed update must be the same on every device.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` with a
@@ -204,7 +229,7 @@ def trust_region_line_search(
         check_state(state, TrustRegionLineSearchState, "trust_region_line_search")
         out, info, status = _search(
             loss_fn, kl_fn, updates, params, batch, max_kl, shrink, max_tries,
-            "trust_region_line_search",
+            "trust_region_line_search", axis_name,
         )
         return out, TrustRegionLineSearchState(
             info.tries,
@@ -225,6 +250,7 @@ def kl_guard(
     max_kl_factor: float = 1.5,
     shrink: float = 0.5,
     max_tries: int = 10,
+    axis_name: AxisName = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Measure the KL of the proposed step and shrink it until it is within a bound.
 
@@ -243,6 +269,8 @@ def kl_guard(
       max_kl_factor: tolerance factor :math:`\ge 1` on the bound.
       shrink: factor in ``(0, 1)`` applied after each failed try.
       max_tries: maximum number of candidates.
+      axis_name: inside ``shard_map``/``pmap``, the axis the batch is split over;
+        ``kl_fn``'s per-device value is averaged over it.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` with a :class:`KLGuardState`.
@@ -274,7 +302,7 @@ def kl_guard(
         check_state(state, KLGuardState, "kl_guard")
         out, info, status = _search(
             None, kl_fn, updates, params, batch, max_kl_factor * max_kl, shrink, max_tries,
-            "kl_guard",
+            "kl_guard", axis_name,
         )
         shrunk = info.accepted & (info.tries > 1)
         status = status + jnp.where(shrunk, int(Status.KL_GUARD_SHRUNK), 0).astype(jnp.int32)
