@@ -221,8 +221,9 @@ def check_axis_name(axis_name: AxisName, where: str) -> int:
     """Size of a bound ``axis_name`` (1 for None); a ValueError naming it when unbound."""
     if axis_name is None:
         return 1
+    size = getattr(jax.lax, "axis_size", None)  # jax < 0.6: psum(1) is the size
     try:
-        return jax.lax.axis_size(axis_name)
+        return size(axis_name) if size else jax.lax.psum(1, axis_name)
     except NameError as e:
         raise ValueError(
             f"{where}: axis_name={axis_name!r} is not bound here. Call it inside jax.shard_map "
@@ -288,7 +289,7 @@ def vary(tree: PyTree, axis_name: AxisName) -> PyTree:
 
 def gather_rows(x: Array, axis_name: AxisName) -> Array:
     """Concatenate every device's ``x`` along axis 0 (a ``psum``, so unvarying)."""
-    size, idx = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
+    size, idx = check_axis_name(axis_name, "gather_rows"), jax.lax.axis_index(axis_name)
     n = x.shape[0]
     full = jnp.zeros((size * n,) + x.shape[1:], x.dtype)
     return jax.lax.psum(jax.lax.dynamic_update_slice_in_dim(full, x, idx * n, 0), axis_name)

@@ -98,6 +98,7 @@ def _natural_txs(log_prob_fn, dist_fn, axis, kinds):
 
 ALL_KINDS = ("empirical", "centered", "analytic", "sample_space")
 JIT_KINDS = ("empirical", "analytic")
+PMAP_KINDS = ("centered", "analytic")
 
 
 def _main() -> None:
@@ -155,6 +156,25 @@ def _main() -> None:
         rel[f"jit/{key}"] = _rel(jitted[key], ref[key])
     out["status"] = {k: int(v[3]) for k, v in ref.items() if k != "grad"}
     out["status_sharded"] = {k: int(v[3]) for k, v in sharded.items() if k != "grad"}
+
+    def pmapped(p, b, m):  # pmap's gradient: the psum of per-device sums
+        s = jax.grad(lambda p: masked_sums(p, b, m)[0])(p)
+        g = jax.tree.map(lambda x: x / jax.lax.psum(jnp.sum(m), "i"), jax.lax.psum(s, "i"))
+        res = {"grad": g}
+        for name, tx in _natural_txs(log_prob_fn, dist_fn, "i", PMAP_KINDS).items():
+            res[name] = tx.update(g, tx.init(p), p, batch=b, fisher_mask=m)[:1]
+        return res
+
+    def split(x):
+        return x.reshape((DEVICES, -1) + x.shape[1:])
+
+    pm = jax.pmap(pmapped, axis_name="i", in_axes=(None, 0, 0))(
+        params, jax.tree.map(split, batch), split(mask))
+    for key in pm:
+        first = jax.tree.map(lambda x: x[0], pm[key])
+        rel[f"pmap/{key}"] = _rel(first, ref[key][:1] if key != "grad" else ref[key])
+        rel[f"pmap_devices_agree/{key}"] = _rel(pm[key], jax.tree.map(
+            lambda x: jnp.broadcast_to(x[0], x.shape), pm[key]))
     out["seconds"]["natural"] = time.perf_counter() - t0
 
     # -- TRPO (analytic Fisher + line search) and a line search that backtracks
@@ -244,6 +264,12 @@ def test_natural_step_under_shard_map_equals_single_device(measured, key):
 @pytest.mark.parametrize("key", ("grad",) + JIT_KINDS)
 def test_natural_step_under_jit_named_sharding_equals_unsharded(measured, key):
     assert measured["rel"][f"jit/{key}"] <= RTOL
+
+
+@pytest.mark.parametrize("key", ("grad",) + PMAP_KINDS)
+def test_natural_step_under_pmap_equals_single_device(measured, key):
+    assert measured["rel"][f"pmap/{key}"] <= RTOL
+    assert measured["rel"][f"pmap_devices_agree/{key}"] == 0.0
 
 
 def test_natural_steps_are_clean(measured):
