@@ -47,6 +47,15 @@ command says when it knows none). JAX's persistent compilation cache is used unl
 the traced and lowered training chunk is kept there too (``jax.export``), so a warm start
 skips tracing as well as compiling. Either is rebuilt when the config, the seed count,
 the chunk size, the device, a package version or npgjax's source changes.
+
+Devices and hosts: ``--devices N`` trains on the first N devices (default: all) and
+``--shard seeds|envs|both`` says what is split over them: the seeds (the default), the
+environments of each seed (one policy, the same global batch, global means) or both
+(see :mod:`npgjax.rl.sharding`). With one device the run is the plain vmapped one. For
+several hosts start one process per host with ``--coordinator HOST:PORT
+--num-processes N --process-id I`` (or ``NPGJAX_COORDINATOR``, ``NPGJAX_NUM_PROCESSES``,
+``NPGJAX_PROCESS_ID``): each calls ``jax.distributed.initialize`` first and drives its
+local devices, and process 0 writes the outputs.
 """
 
 from __future__ import annotations

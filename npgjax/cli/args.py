@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -245,6 +246,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="do not use JAX's persistent compilation cache (nor save the "
                         "exported training chunk)")
+    parser.add_argument("--devices", type=_positive_int, default=None, metavar="N",
+                        help="devices to train on (default: all; with several processes, "
+                        "all of theirs)")
+    parser.add_argument("--shard", choices=("seeds", "envs", "both"), default="seeds",
+                        help="what is split over the devices: the seeds (independent runs "
+                        "side by side), the environments of each seed (one policy, a "
+                        "global batch of num_envs * num_steps) or both (a 2-D mesh) "
+                        "(default: %(default)s)")
+    dist = parser.add_argument_group(
+        "many hosts", "one process per host, started with the same options; each drives "
+        "its local devices and process 0 writes the outputs (also from the environment "
+        "variables NPGJAX_COORDINATOR, NPGJAX_NUM_PROCESSES, NPGJAX_PROCESS_ID)")
+    dist.add_argument("--coordinator", default=os.environ.get("NPGJAX_COORDINATOR"),
+                      metavar="HOST:PORT", help="address of process 0's coordinator")
+    dist.add_argument("--num-processes", type=_positive_int,
+                      default=os.environ.get("NPGJAX_NUM_PROCESSES"), metavar="N",
+                      help="number of processes")
+    dist.add_argument("--process-id", type=_int_arg, default=os.environ.get("NPGJAX_PROCESS_ID"),
+                      metavar="I", help="this process's index, 0 to N-1")
     parser.add_argument("--stop-after-chunks", type=_positive_int, default=None,
                         help=argparse.SUPPRESS)
     return parser

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from npgjax.cli import io
+from npgjax.cli import devices, io
 from npgjax.cli.args import build_parser, choose_chunk_updates, parse_pairs, parse_set
 from npgjax.cli.report import fmt, nan_stats, print_result, summarize
 
@@ -40,6 +40,9 @@ class _Run:
     sessions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     state: Any = None
     tb: Any = None  # the TensorBoard log (--tensorboard)
+    mesh: Any = None  # the device mesh, None on one device (the plain vmapped path)
+    shardings: Any = None  # (keys, state, replicated) shardings on the mesh
+    writer: bool = True  # process 0 (or the only one): writes files and prints
 
     @property
     def n_chunks(self) -> int:
@@ -111,8 +114,9 @@ def _resume(run: _Run, trainer: Any, keys: Any, parser: argparse.ArgumentParser
 
 
 def _save(run: _Run, device: dict[str, Any], session: dict[str, Any], t_start: float) -> None:
-    import jax
-
+    state = devices.host_state(run.state)
+    if not run.writer:
+        return
     session["wall_time_s"] = time.perf_counter() - t_start
     io.write_csv(run.out / "metrics.csv", run.metrics)
     summary = summarize(run.header(device), run.config, run.metrics, run.times, run.target)
@@ -121,11 +125,11 @@ def _save(run: _Run, device: dict[str, Any], session: dict[str, Any], t_start: f
     meta = {"chunks_done": run.chunks_done, "chunk_updates": run.chunk,
             "seeds": run.args.seeds, "seed": run.args.seed, "sessions": run.sessions,
             "env_is_id": True, "config": io.config_dict(run.config)}
-    io.save_checkpoint(run.out, jax.device_get(run.state), meta, run.metrics, run.times)
+    io.save_checkpoint(run.out, state, meta, run.metrics, run.times)
 
 
 def _progress_bar(run: _Run) -> Any:
-    if run.args.no_progress or run.chunks_done >= run.n_chunks:
+    if run.args.no_progress or not run.writer or run.chunks_done >= run.n_chunks:
         return None
     try:
         from tqdm import tqdm
@@ -162,7 +166,7 @@ def _loop(run: _Run, chunk_fn: Any, session: dict[str, Any], save: Any) -> tuple
             run.chunks_done += 1
             done_now += 1
             save()
-            if run.tb is not None:
+            if run.tb is not None and run.writer:
                 run.tb.write(m, (run.chunks_done - 1) * K + 1)
             if bar is not None:
                 ret, _ = nan_stats(np.asarray(m["train_return"][:, -1], np.float64))
@@ -179,7 +183,7 @@ def _loop(run: _Run, chunk_fn: Any, session: dict[str, Any], save: Any) -> tuple
 
 
 def _plots(run: _Run) -> list[str]:
-    if run.args.no_plot:
+    if run.args.no_plot or not run.writer:
         return []
     try:
         from npgjax.cli.plots import plot_diagnostics, plot_learning_curve
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
+    devices.init_distributed(args, parser)  # before any other JAX call
     config = _config_from_args(args, parser)
     if args.tensorboard and not io.tensorboard_available():
         parser.error("--tensorboard needs tensorboardX, which is not installed: "
@@ -232,10 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out if args.out is not None
                else os.path.join("runs", f"{config.env_name}-{config.algo}"))
     run = _Run(args, config, out, choose_chunk_updates(config.num_updates, args.chunk_updates),
-               _target(args, config))
+               _target(args, config), mesh=devices.choose_mesh(args, config, parser))
+    run.writer = devices.is_writer()
+    lock = None
     try:
-        io.prepare_out(out, must_exist=args.resume)
-        lock = io.acquire_lock(out)
+        if run.writer:
+            io.prepare_out(out, must_exist=args.resume)
+            lock = io.acquire_lock(out)
+        elif args.resume and not (out / "checkpoint.json").exists():
+            raise ValueError(f"--resume: no checkpoint in {out} on this host (with several "
+                             "hosts, --out must be on a shared file system to resume)")
     except ValueError as e:
         parser.error(str(e))
     try:
@@ -243,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if run.tb is not None:
             run.tb.close()
-        io.release_lock(lock)
+        if lock is not None:
+            io.release_lock(lock)
+
 
 
 def _train(run: _Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: str | None,
@@ -257,16 +270,29 @@ def _train(run: _Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: 
     ckpt = _resume(run, trainer, keys, parser) if args.resume else None
     chunk_fn, t_trace, t_xla, memo = None, 0.0, 0.0, False
     if run.chunks_done < run.n_chunks:  # nothing to compile when resuming a finished run
-        init_fn, chunk_fn, t_trace, t_xla, memo = compile_training(trainer, keys, run.chunk,
-                                                                   cache_dir)
+        if run.mesh is None:
+            init_fn, chunk_fn, t_trace, t_xla, memo = compile_training(
+                trainer, keys, run.chunk, cache_dir)
+        else:
+            init_fn, chunk_fn, run.shardings, t_trace, t_xla = devices.compile_sharded(
+                trainer, run.mesh, keys, run.chunk)
     # A resumed state goes through the same compiled chunk as a fresh one: the PRNG key
     # lives in the state, so the continuation is bit-identical to an uninterrupted run.
-    run.state = jax.tree.map(jax.numpy.asarray, ckpt["state"]) if ckpt else init_fn(keys)
+    if ckpt and run.mesh is not None:
+        from npgjax.rl.sharding import put_global
+
+        run.state = put_global(ckpt["state"], run.shardings[1])
+    else:
+        run.state = jax.tree.map(jax.numpy.asarray, ckpt["state"]) if ckpt else init_fn(keys)
     dev = jax.devices()[0]
     device = {"platform": dev.platform, "device_kind": dev.device_kind,
-              "num_devices": jax.device_count(), "cpu_count": os.cpu_count()}
-    _announce(run, chunk_fn, t_trace, t_xla, memo, cache_dir, dev, ckpt is not None)
-    if args.tensorboard:
+              "num_devices": jax.device_count(), "cpu_count": os.cpu_count(),
+              "devices_used": 1 if run.mesh is None else run.mesh.size,
+              "shard": None if run.mesh is None else args.shard,
+              "processes": jax.process_count()}
+    if run.writer:
+        _announce(run, chunk_fn, t_trace, t_xla, memo, cache_dir, dev, ckpt is not None)
+    if args.tensorboard and run.writer:
         run.tb = io.TensorBoardLog(out / "tensorboard")
 
     session = {"compile_time_s": t_trace + t_xla, "train_time_s": 0.0, "wall_time_s": 0.0,
@@ -282,6 +308,8 @@ def _train(run: _Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: 
     if run.metrics:
         save()  # final timings
         files += _plots(run)
+    if not run.writer:
+        return 130 if interrupted else 0
     if interrupted or stopped:
         print(f"{'interrupted' if interrupted else 'stopped'} after {run.chunks_done}/"
               f"{run.n_chunks} chunks ({run.chunks_done * run.chunk}/{config.num_updates} "
@@ -306,7 +334,9 @@ def _announce(run: _Run, chunk_fn: Any, t_trace: float, t_xla: float, memo: bool
               + (" [exported chunk read from the cache]"
                  if getattr(chunk_fn, "export", "") == "loaded" else "")
               + (f"; cache {cache_dir}" if cache_dir else "")
-              + f"; device {dev.platform} ({dev.device_kind})")
+              + f"; device {dev.platform} ({dev.device_kind})"
+              + ("" if run.mesh is None else f" x {run.mesh.size}, {run.args.shard} "
+                 f"sharded, {devices.process_text()}"))
     if run.target is None:
         print(f"  no target: none known for {cfg.env_name} (pass --target R to time one)")
     if resumed:

@@ -1,0 +1,145 @@
+"""Devices and processes of a run: ``jax.distributed``, the mesh, sharded compilation.
+
+With one device in one process the command line keeps its plain vmapped path; otherwise
+the seeds, the environments or both are split over a :mod:`npgjax.rl.sharding` mesh.
+With several processes (one per host) each drives its local devices, every process runs
+the same program on its part of the mesh, and process 0 writes the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["choose_mesh", "compile_sharded", "host_state", "init_distributed", "is_writer",
+           "process_text"]
+
+
+def init_distributed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``jax.distributed.initialize`` when this is one process of several.
+
+    Call it before any other JAX call. ``--coordinator``, ``--num-processes`` and
+    ``--process-id`` (or ``NPGJAX_COORDINATOR``, ``NPGJAX_NUM_PROCESSES`` and
+    ``NPGJAX_PROCESS_ID``) go together; none of them means one process. On CPUs the
+    processes exchange data through gloo.
+    """
+    given = (args.coordinator, args.num_processes, args.process_id)
+    if all(v is None for v in given):
+        return
+    if any(v is None for v in given):
+        parser.error("several processes need --coordinator, --num-processes and "
+                     "--process-id together (or NPGJAX_COORDINATOR, NPGJAX_NUM_PROCESSES "
+                     "and NPGJAX_PROCESS_ID)")
+    if not 0 <= args.process_id < args.num_processes:
+        parser.error(f"--process-id {args.process_id}: expected 0 to "
+                     f"{args.num_processes - 1} for --num-processes {args.num_processes}")
+    import jax
+
+    if jax.distributed.is_initialized():  # main() called again in this process
+        return
+    # Collectives between CPU processes (no effect on GPUs and TPUs).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def is_writer() -> bool:
+    """Whether this process writes files and prints (process 0)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def process_text() -> str:
+    import jax
+
+    n = jax.process_count()
+    return f"{n} process{'es' * (n > 1)}"
+
+
+def choose_mesh(args: argparse.Namespace, config: Any, parser: argparse.ArgumentParser) -> Any:
+    """The mesh for ``--devices``/``--shard``; None for one device in one process.
+
+    Bad requests (more devices than exist, fewer than all with several processes, a
+    seed count or ``num_envs`` that does not divide over the devices) exit through
+    ``parser.error`` with one line naming the problem.
+    """
+    import jax
+
+    from npgjax.rl.sharding import check_divisible, make_mesh
+
+    total, procs = jax.device_count(), jax.process_count()
+    n = total if args.devices is None else args.devices
+    if n > total:
+        parser.error(f"--devices {n}: only {total} device{'s' * (total > 1)} "
+                     f"({jax.devices()[0].platform}) exist here; use --devices {total} "
+                     "or fewer")
+    if procs > 1 and n != total:
+        parser.error(f"--devices {n}: with {procs} processes every device takes part; "
+                     f"use --devices {total} (or leave it out)")
+    if n == 1 and procs == 1:
+        return None
+    mesh = make_mesh(n, args.shard)
+    try:
+        check_divisible(config, mesh, args.seeds)
+    except ValueError as e:
+        parser.error(f"--shard {args.shard}: {e}")
+    return mesh
+
+
+def host_state(state: Any) -> Any:
+    """The whole state as numpy on this process (a collective with several processes)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(state, tiled=True)
+    return jax.device_get(state)
+
+
+def compile_sharded(trainer: Any, mesh: Any, keys: Any, chunk: int
+                    ) -> tuple[Any, Any, Any, float, float]:
+    """Jit ``init`` and a ``chunk``-update scan with the state sharded over ``mesh``.
+
+    Returns:
+      ``(init(keys), run_chunk(state, start), (keys, state, replicated) shardings,
+      tracing seconds, XLA seconds)``; ``init`` and ``run_chunk`` take host values and
+      place them on the mesh (with one process or several); metrics come back
+      replicated, so every process can read them.
+    """
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from npgjax.rl.sharding import put_global, seed_axis, shard_trainer, state_sharding
+    from npgjax.rl.trainer import run_updates
+
+    t0 = time.perf_counter()
+    sharded, axis = shard_trainer(trainer, mesh), seed_axis(mesh)
+    init = jax.vmap(sharded.init, spmd_axis_name=axis)
+    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype)
+    shapes = jax.eval_shape(init, keys)
+    s_state = state_sharding(shapes, mesh, batched=True)
+    lead, rep = NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
+
+    def run_chunk(state: Any, start: Any) -> Any:
+        return jax.vmap(lambda s: run_updates(sharded, s, start, chunk),
+                        spmd_axis_name=axis)(state)
+
+    init_l = jax.jit(init, in_shardings=lead, out_shardings=s_state).lower(keys)
+    chunk_l = jax.jit(run_chunk, in_shardings=(s_state, rep), out_shardings=(s_state, rep)
+                      ).lower(shapes, jax.ShapeDtypeStruct((), jax.numpy.int32))
+    t1 = time.perf_counter()
+    init_c, chunk_c = init_l.compile(), chunk_l.compile()
+    t2 = time.perf_counter()
+
+    def init_fn(k: Any) -> Any:
+        return init_c(put_global(k, lead))
+
+    def chunk_fn(state: Any, start: int) -> Any:
+        return chunk_c(state, put_global(np.int32(start), rep))
+
+    return init_fn, chunk_fn, (lead, s_state, rep), t1 - t0, t2 - t1

@@ -1,0 +1,282 @@
+"""Training on many devices: environments, seeds or both sharded over a ``jax.sharding`` mesh.
+
+JAX is the engine: the runner state is placed on a :class:`jax.sharding.Mesh` with
+:class:`jax.sharding.NamedSharding` and the training function is a plain ``jax.jit``.
+
+* ``shard="envs"``: the environment axis (``num_envs``) of the runner state is split over
+  the devices; one policy, and every mean over the batch (gradients, Fisher-vector
+  products, KL, advantages' normalisation, the critic's loss) is the mean over the
+  *global* batch, because XLA partitions the program and adds the reductions. The
+  metrics equal those of the same run on one device, to float tolerance (sums are
+  taken in another order).
+* ``shard="seeds"``: the seed axis of a vmapped ``train`` is split over the devices:
+  independent runs side by side, equal to the vmapped run on one device.
+* ``shard="both"``: a two-dimensional mesh ``("seeds", "envs")``.
+
+Random numbers do not depend on the sharding (``jax_threefry_partitionable``, the
+default), so a run on N devices is a deterministic function of its key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from npgjax.rl.configs import Config
+from npgjax.rl.state import RunnerState, Trainer
+from npgjax.rl.trainer import make_trainer, run_updates
+
+Array = jax.Array
+PyTree = Any
+
+__all__ = ["SHARD_MODES", "check_divisible", "make_mesh", "make_sharded_train", "put_global",
+           "seed_axis", "shard_trainer", "state_sharding"]
+
+#: What can be sharded: the environments, the seeds, or both (a 2-D mesh).
+SHARD_MODES = ("envs", "seeds", "both")
+# RunnerState fields whose leaves carry the environment axis first.
+_ENV_FIELDS = ("env_state", "obs", "ep_return", "ep_length", "memory")
+
+
+def make_mesh(
+    devices: Sequence[jax.Device] | int | None = None,
+    shard: str = "envs",
+    *,
+    seed_devices: int | None = None,
+) -> Mesh:
+    """A mesh with the axes ``shard`` names: ``("envs",)``, ``("seeds",)`` or both.
+
+    Args:
+      devices: the devices, or how many of ``jax.devices()`` to take (the first ones);
+        None for all of them.
+      shard: ``"envs"``, ``"seeds"`` or ``"both"``.
+      seed_devices: with ``shard="both"``, the size of the ``"seeds"`` axis (default:
+        the largest divisor of the device count not above its square root); the
+        ``"envs"`` axis takes the rest.
+
+    Returns:
+      A :class:`jax.sharding.Mesh` (``Auto`` axes: XLA propagates the shardings).
+
+    Raises:
+      ValueError: an unknown ``shard``, more devices than exist, or a ``seed_devices``
+        that does not divide the device count.
+
+    Examples:
+      >>> from npgjax.rl.sharding import make_mesh
+      >>> make_mesh(1).shape
+      OrderedDict([('envs', 1)])
+    """
+    if shard not in SHARD_MODES:
+        raise ValueError(f"shard must be one of {SHARD_MODES}, got {shard!r}")
+    if devices is None or isinstance(devices, int):
+        available = jax.devices()
+        n = len(available) if devices is None else devices
+        if not 1 <= n <= len(available):
+            raise ValueError(f"{n} devices asked for, but only {len(available)} exist "
+                             f"({available[0].platform})")
+        devices = available[:n]
+    n = len(devices)
+    if shard != "both":
+        shape, names = (n,), (shard,)
+    else:
+        if seed_devices is None:
+            seed_devices = max(d for d in range(1, int(n**0.5) + 1) if n % d == 0)
+        if seed_devices < 1 or n % seed_devices:
+            raise ValueError(f"seed_devices={seed_devices} does not divide {n} devices")
+        shape, names = (seed_devices, n // seed_devices), ("seeds", "envs")
+    return Mesh(np.asarray(devices, dtype=object).reshape(shape), names,
+                axis_types=(AxisType.Auto,) * len(shape))
+
+
+def check_divisible(config: Config, mesh: Mesh, seeds: int = 1) -> None:
+    """Raise a clear ValueError unless ``num_envs`` and ``seeds`` divide over ``mesh``.
+
+    Args:
+      config: the training config.
+      mesh: from :func:`make_mesh`.
+      seeds: the number of seeds (vmapped runs).
+
+    Raises:
+      ValueError: naming the axis, its size and the device count.
+
+    Examples:
+      >>> from npgjax.rl import get_config
+      >>> from npgjax.rl.sharding import check_divisible, make_mesh
+      >>> check_divisible(get_config("CartPole-v1", num_envs=8), make_mesh(1))
+    """
+    size = dict(mesh.shape)
+    if config.num_envs % size.get("envs", 1):
+        raise ValueError(f"num_envs={config.num_envs} does not divide over "
+                         f"{size['envs']} devices: use a multiple of {size['envs']}")
+    if seeds % size.get("seeds", 1):
+        raise ValueError(f"seeds={seeds} does not divide over {size['seeds']} devices: "
+                         f"use a multiple of {size['seeds']}")
+
+
+def state_sharding(state: RunnerState, mesh: Mesh, batched: bool = False) -> PyTree:
+    """The ``NamedSharding`` of every leaf of a runner state on ``mesh``.
+
+    Leaves with the environment axis (the env states, observations, running episode
+    returns and lengths, recurrent memory) are split along it over ``"envs"`` (when the
+    mesh has that axis); with ``batched`` (states stacked over seeds) the leading axis
+    of every leaf is split over ``"seeds"`` (when the mesh has it). All else is
+    replicated.
+
+    Args:
+      state: a :class:`~npgjax.rl.RunnerState` (or its ``jax.eval_shape``).
+      mesh: from :func:`make_mesh`.
+      batched: whether the leaves carry a leading seed axis.
+
+    Returns:
+      A pytree of :class:`jax.sharding.NamedSharding` shaped like ``state``.
+    """
+    seeds = "seeds" if "seeds" in mesh.axis_names else None
+    envs = "envs" if "envs" in mesh.axis_names else None
+    lead = (seeds,) if batched else ()
+
+    def spec(env_axis: bool) -> Callable[[Any], NamedSharding]:
+        def leaf(x: Any) -> NamedSharding:
+            if (not batched and not env_axis) or len(x.shape) == 0:
+                return NamedSharding(mesh, P())
+            return NamedSharding(mesh, P(*lead, envs) if env_axis else P(*lead))
+
+        return leaf
+
+    return RunnerState(**{f: jax.tree.map(spec(f in _ENV_FIELDS), getattr(state, f))
+                          for f in RunnerState._fields})
+
+
+def shard_trainer(trainer: Trainer, mesh: Mesh) -> Trainer:
+    """The same trainer, its state constrained to ``mesh`` before and after each update.
+
+    ``init`` and ``update`` return states whose environment axis is split over the
+    ``"envs"`` axis of ``mesh`` (:func:`jax.lax.with_sharding_constraint`); under
+    ``jax.jit`` XLA partitions the rollout and the update accordingly and computes every
+    mean over the global batch. Vmap it over seeds with ``spmd_axis_name="seeds"`` when
+    the mesh also splits the seeds (see :func:`make_sharded_train`).
+
+    Args:
+      trainer: from :func:`npgjax.rl.make_trainer`.
+      mesh: a mesh with an ``"envs"`` axis (otherwise the trainer is returned as is).
+
+    Returns:
+      A :class:`~npgjax.rl.Trainer` with constrained ``init`` and ``update``.
+    """
+    if "envs" not in mesh.axis_names:
+        return trainer
+    envs = NamedSharding(mesh, P("envs"))  # a vmap's spmd_axis_name adds the seed axis
+
+    def constrain(state: RunnerState) -> RunnerState:
+        fields = {f: getattr(state, f) for f in RunnerState._fields}
+        for f in _ENV_FIELDS:
+            fields[f] = jax.tree.map(
+                lambda x: jax.lax.with_sharding_constraint(x, envs), fields[f])
+        return RunnerState(**fields)
+
+    def init(key: Array, hparams: dict[str, Any] | None = None) -> RunnerState:
+        return constrain(trainer.init(key, hparams))
+
+    def update(state: RunnerState) -> tuple[RunnerState, dict[str, Array]]:
+        state, metrics = trainer.update(constrain(state))
+        return constrain(state), metrics
+
+    return trainer._replace(init=init, update=update)
+
+
+def seed_axis(mesh: Mesh) -> str | None:
+    """``"seeds"`` when ``mesh`` has that axis, else None (the ``spmd_axis_name`` of vmaps)."""
+    return "seeds" if "seeds" in mesh.axis_names else None
+
+
+def put_global(tree: PyTree, shardings: PyTree) -> PyTree:
+    """Host arrays (equal on every process) as global ``jax.Array`` s with ``shardings``.
+
+    Works with one process or several (``jax.distributed``): each process fills in only
+    the shards of its own devices, from its full copy of the value.
+
+    Args:
+      tree: a pytree of numpy-convertible arrays, the same on every process.
+      shardings: a pytree of :class:`jax.sharding.Sharding` (a prefix of ``tree``).
+
+    Returns:
+      The pytree of global arrays.
+    """
+    def put(x: Any, sharding: jax.sharding.Sharding) -> Array:
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(lambda s, sub: jax.tree.map(lambda x: put(x, s), sub),
+                        shardings, tree)
+
+
+def make_sharded_train(
+    config: Config,
+    *,
+    devices: Sequence[jax.Device] | int | None = None,
+    shard: str = "envs",
+    seeds: int = 1,
+    seed_devices: int | None = None,
+    policy_torso: nn.Module | None = None,
+    critic_torso: nn.Module | None = None,
+) -> Callable[[Array], tuple[RunnerState, dict[str, Array]]]:
+    """``train(keys) -> (final_states, metrics)`` over ``seeds`` keys, sharded over devices.
+
+    Like ``jax.vmap(make_train(config))``, with the environments (``shard="envs"``),
+    the seeds (``"seeds"``) or both split over the devices by sharding constraints:
+    ``jax.jit`` it (with one process or several). Every leaf of the result carries the
+    seed axis first. With environments split, the global batch is still ``num_envs *
+    num_steps`` per seed and update, and the metrics match the one-device run to float
+    tolerance; the metrics come back replicated on every device.
+
+    Args:
+      config: a :class:`npgjax.rl.Config`; ``num_envs`` must divide over the ``"envs"``
+        axis.
+      devices: devices, a count of ``jax.devices()`` (the first ones), or None for all.
+      shard: ``"envs"``, ``"seeds"`` or ``"both"``.
+      seeds: the number of keys ``train`` takes; must divide over the ``"seeds"`` axis.
+      seed_devices: size of the ``"seeds"`` axis with ``shard="both"``.
+      policy_torso: optional flax module for the policy (see ``make_trainer``).
+      critic_torso: optional flax module for the critic.
+
+    Returns:
+      ``train(keys)`` for keys ``[seeds, 2]``; ``train.mesh`` is its mesh.
+
+    Raises:
+      ValueError: from :func:`make_mesh` and :func:`check_divisible`.
+
+    Examples:
+      >>> import jax
+      >>> from npgjax.rl import get_config
+      >>> from npgjax.rl.sharding import make_sharded_train
+      >>> cfg = get_config("CartPole-v1", total_timesteps=64, num_envs=2, num_steps=16)
+      >>> train = make_sharded_train(cfg, devices=1, seeds=2)
+      >>> _, metrics = jax.jit(train)(jax.random.split(jax.random.PRNGKey(0), 2))
+      >>> metrics["kl"].shape
+      (2, 2)
+    """
+    mesh = make_mesh(devices, shard, seed_devices=seed_devices)
+    check_divisible(config, mesh, seeds)
+    trainer = shard_trainer(make_trainer(config, policy_torso=policy_torso,
+                                         critic_torso=critic_torso), mesh)
+    axis = seed_axis(mesh)
+    init = jax.vmap(trainer.init, spmd_axis_name=axis)
+    s_state = state_sharding(jax.eval_shape(init, jax.ShapeDtypeStruct((seeds, 2), np.uint32)),
+                             mesh, batched=True)
+    replicated = NamedSharding(mesh, P())
+
+    def train(keys: Array) -> tuple[RunnerState, dict[str, Array]]:
+        keys = jax.lax.with_sharding_constraint(keys, NamedSharding(mesh, P(axis)))
+        states = jax.lax.with_sharding_constraint(init(keys), s_state)
+        states, metrics = jax.vmap(lambda s: run_updates(trainer, s, 0, config.num_updates),
+                                   spmd_axis_name=axis)(states)
+        return (jax.lax.with_sharding_constraint(states, s_state),
+                jax.lax.with_sharding_constraint(metrics, replicated))
+
+    train.mesh = mesh  # type: ignore[attr-defined]
+    return train

@@ -1,0 +1,218 @@
+"""Training over several devices (npgjax.rl.sharding, ``--devices``/``--shard``, many processes).
+
+Every multi-device run is a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count``
+set before JAX starts, so this pytest process keeps its one device. One small config
+throughout (CartPole-v1, 8 environments x 16 steps, 4 updates, 2 seeds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"num_envs": 8, "num_steps": 16, "total_timesteps": 512, "hidden": (16,),
+            "vf_epochs": 1, "eval_every": 2, "eval_episodes": 4}
+CLI = ["--env", "CartPole-v1", "--algo", "npg", "--seeds", "2", "--chunk-updates", "2",
+       "--no-progress", "--no-compile-cache", "--no-plot",
+       *[a for k, v in SETTINGS.items() for a in ("--set", f"{k}={v}")]]
+# Counts and returns follow discrete trajectories: they must agree exactly.
+EXACT = ("env_steps", "episodes", "train_return", "episode_length", "eval_return",
+         "eval_length", "rollout_return", "cg_iterations", "ls_tries", "ls_accepted")
+TIMEOUT = 600
+
+LIB_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from npgjax.rl import get_config, make_train
+from npgjax.rl.sharding import make_sharded_train
+
+cfg = get_config("CartPole-v1", "npg", **json.loads(sys.argv[2]))
+keys = jax.random.split(jax.random.PRNGKey(0), 2)
+out = {f"ref/{k}": v for k, v in jax.jit(jax.vmap(make_train(cfg)))(keys)[1].items()}
+specs = {}
+for name, kw in {"envs": dict(devices=4, shard="envs"), "seeds": dict(devices=2, shard="seeds"),
+                 "both": dict(devices=4, shard="both")}.items():
+    train = jax.jit(make_sharded_train(cfg, seeds=2, **kw))
+    state, m = train(keys)
+    again = train(keys)[1]
+    out.update({f"{name}/{k}": v for k, v in m.items()})
+    out.update({f"{name}_again/{k}": v for k, v in again.items()})
+    specs[name] = [str(state.obs.sharding.spec), len(state.obs.sharding.device_set)]
+np.savez(sys.argv[1], **{k: np.asarray(v) for k, v in out.items()})
+print(json.dumps(specs))
+"""
+
+
+def _env(devices: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPGJAX_")}
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    return env
+
+
+def _run(args: list[str], devices: int, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env=_env(devices), cwd=ROOT, text=True,
+                          capture_output=True, timeout=TIMEOUT, **kw)
+
+
+def _csv(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]).reshape(2, -1) for k in rows[0]}
+
+
+def _close(name: str, a: np.ndarray, b: np.ndarray) -> None:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if name in EXACT:
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    else:  # sums in another order: float tolerance (cg_residual is ~1e-7 itself)
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    """One device, and envs / seeds / both sharded, run twice each, on 4 host devices."""
+    path = tmp_path_factory.mktemp("sharding") / "metrics.npz"
+    proc = _run(["-c", LIB_SCRIPT, str(path), json.dumps(SETTINGS)], 4)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = np.load(path)
+    runs: dict[str, dict[str, np.ndarray]] = {}
+    for key in data.files:
+        run, metric = key.split("/")
+        runs.setdefault(run, {})[metric] = data[key]
+    return runs, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def cli_4(tmp_path_factory):
+    """The command line on 4 devices, environments sharded."""
+    out = tmp_path_factory.mktemp("cli4")
+    proc = _run(["-m", "npgjax.train", *CLI, "--devices", "4", "--shard", "envs",
+                 "--out", str(out)], 4)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+@pytest.mark.parametrize("mode", ["envs", "seeds", "both"])
+def test_sharded_equals_one_device(lib, mode):
+    runs, specs = lib
+    ref, got = runs["ref"], runs[mode]
+    assert set(got) == set(ref) and ref["kl"].shape == (2, 4)
+    for name in ref:
+        _close(name, ref[name], got[name])
+    assert np.all(np.isfinite(got["kl"])) and np.all(got["episodes"][:, -1] > 0)
+    # The state really is split: the observations' axes over the mesh.
+    expect = {"envs": ["P(None, 'envs')", 4],
+              "seeds": ["P('seeds',)", 2],
+              "both": ["P('seeds', 'envs')", 4]}[mode]
+    assert specs[mode] == expect
+
+
+@pytest.mark.parametrize("mode", ["envs", "seeds", "both"])
+def test_sharded_deterministic(lib, mode):
+    runs, _ = lib
+    for name, value in runs[mode].items():
+        np.testing.assert_array_equal(value, runs[f"{mode}_again"][name], err_msg=name)
+
+
+def test_cli_devices(lib, cli_4):
+    out, stdout = cli_4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"]["devices_used"] == 4 and summary["device"]["shard"] == "envs"
+    assert "x 4, envs sharded, 1 process" in stdout
+    metrics, ref = _csv(out / "metrics.csv"), lib[0]["ref"]
+    as_csv = np.vectorize(lambda v: float(format(v, ".9g")))  # metrics.csv's rounding
+    for name in ref:
+        _close(name, as_csv(np.asarray(ref[name], np.float64)), metrics[name])
+
+
+ERRORS_SCRIPT = """
+import contextlib, io, json, sys
+from npgjax.train import main
+out = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+    out.append([code, err.getvalue().strip().splitlines()[-1]])
+print(json.dumps(out))
+"""
+
+
+def test_cli_errors(tmp_path):
+    base = [*CLI, "--out", str(tmp_path / "run")]
+    cases = [
+        ([*base, "--devices", "8"], "--devices 8: only 4 devices (cpu) exist here"),
+        ([*base, "--devices", "4", "--shard", "seeds"],
+         "--shard seeds: seeds=2 does not divide over 4 devices"),
+        ([*[a if a != "num_envs=8" else "num_envs=6" for a in base], "--devices", "4",
+          "--shard", "envs"], "--shard envs: num_envs=6 does not divide over 4 devices"),
+    ]
+    proc = _run(["-c", ERRORS_SCRIPT, json.dumps([c[0] for c in cases])], 4)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for (_, message), (code, line) in zip(cases, results, strict=True):
+        assert code == 2 and line.startswith("npgjax-train: error: " + message), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_errors_one_device(tmp_path):
+    """In this process (one device): more devices than exist, a half-given multi-host."""
+    from npgjax.train import main
+
+    for extra, message in ((["--devices", "2"], "--devices 2: only 1 device (cpu) exist"),
+                           (["--num-processes", "2"], "several processes need")):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
+            main([*CLI, "--out", str(tmp_path / "run"), *extra])
+        assert exc.value.code == 2 and message in err.getvalue()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes(cli_4, tmp_path):
+    """2 processes x 2 CPU devices (gloo) == 1 process x 4 devices, same global batch."""
+    out, port = tmp_path / "mp", _free_port()
+    argv = [sys.executable, "-m", "npgjax.train", *CLI, "--shard", "envs", "--out", str(out)]
+    procs = []
+    for rank in (1, 0):
+        env = {**_env(2), "NPGJAX_COORDINATOR": f"127.0.0.1:{port}",
+               "NPGJAX_NUM_PROCESSES": "2", "NPGJAX_PROCESS_ID": str(rank)}
+        procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        results = [(p.wait(TIMEOUT), *p.communicate()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    text = "\n".join(r[2][-2000:] for r in results)
+    if any("gloo" in r[2].lower() and "not" in r[2].lower() and r[0] for r in results):
+        pytest.skip(f"no gloo CPU collectives in this jaxlib: {text}")
+    assert [r[0] for r in results] == [0, 0], text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"]["processes"] == 2 and summary["device"]["devices_used"] == 4
+    # Process 1 prints nothing of its own (gloo may log its connections); process 0 all.
+    assert "npgjax-train" not in results[0][1] and "env steps" not in results[0][1]
+    assert "x 4, envs sharded, 2 processes" in results[1][1] and "outputs" in results[1][1]
+    one, two = _csv(cli_4[0] / "metrics.csv"), _csv(out / "metrics.csv")
+    for name in one:
+        _close(name, one[name], two[name])
