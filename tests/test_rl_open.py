@@ -117,14 +117,15 @@ def test_chunks_with_evaluation_equal_one_run():
 
 
 def test_cnn_for_images_and_custom_torsos():
-    pi, vf = make_networks("auto", (10, 10, 4), 6)
+    pi, vf = make_networks("cnn", (10, 10, 4), 6)
     assert type(pi).__name__ == "CNN"
+    assert type(make_networks("auto", (10, 10, 4), 6)[0]).__name__ == "MLP"  # measured
     with pytest.raises(ValueError, match=r"'cnn' needs image observations.*\(4,\)"):
         make_networks("cnn", (4,), 2)
     with pytest.raises(ValueError, match="policy network does not fit"):
         make_networks("mlp", (4,), 2, policy_torso=nn.Conv(4, (3, 3)))
     cfg = get_config("Breakout-MinAtar", "npg", total_timesteps=256, num_envs=4,
-                     num_steps=32)
+                     num_steps=32, network="cnn")
     _, m = jax.jit(make_train(cfg))(jax.random.PRNGKey(0))
     assert np.all(np.isfinite(np.asarray(m["kl"]))) and np.asarray(m["kl"]).max() > 0
     with pytest.raises(ValueError, match="unknown network"):
