@@ -26,8 +26,9 @@ same cnn built on ``flax.linen.Conv`` (equal outputs for equal weights): XLA's C
 convolution is many times slower once linearised and transposed inside a loop, which is
 why the library cnn is written as patches.
 
-    .venv/bin/python benchmarks/networks.py --seeds 4 --steps 200704 100352 --chunk 4 \
-        --repeats 5 --json out.json                       # ~25 min on 2 CPU cores
+    .venv/bin/python benchmarks/networks.py                 # ~15 min on 2 busy cores
+    .venv/bin/python benchmarks/networks.py --chunk 2 --repeats 5 --seeds 4 \
+        --steps 51200 25600 --json out.json               # ~1 h on 2 busy cores
     .venv/bin/python benchmarks/networks.py --quick         # smoke test
     .venv/bin/python benchmarks/networks.py --fvp-probe     # the conv-in-a-loop cost
 """
