@@ -15,7 +15,11 @@ result), so only the rate over many seeds, with its interval, says anything.
 
     .venv/bin/python benchmarks/learning.py                       # all 6 rows, 32 seeds
     .venv/bin/python benchmarks/learning.py --env CartPole-v1 --algo npg --seeds 64
-    .venv/bin/python benchmarks/learning.py --json results.json
+    .venv/bin/python benchmarks/learning.py --json results.json --curves curves.npz
+    .venv/bin/python benchmarks/learning.py --set signal_power=2.0   # a candidate option
+
+``--curves`` saves every row's per-update curves (``train_return``, ``eval_return``,
+``kl``, ``entropy``, the KL bound used, ...; seeds x updates) to look at the failing seeds.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import jax
 import numpy as np
 from _machine import cpu_model, load_average
 
-from npgjax.rl import SOLVED_RETURNS, get_config, make_train
+from npgjax.rl import SOLVED_RETURNS, get_config, make_train, make_trainer
 
 ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1")
 
@@ -45,17 +49,33 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, c - h), min(1.0, c + h))
 
 
-def run(env: str, algo: str, seeds: int, steps: int, overrides: dict) -> dict:
+CURVES = ("train_return", "eval_return", "kl", "entropy", "max_kl", "explained_variance",
+          "ls_accepted", "ls_tries")
+
+
+def run(env: str, algo: str, seeds: int, steps: int, overrides: dict,
+        curves: dict | None = None, eval_final: int = 0) -> dict:
     cfg = get_config(env, algo, total_timesteps=steps, **overrides)
     train = jax.jit(jax.vmap(make_train(cfg)))
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     t0 = time.perf_counter()
     compiled = train.lower(keys).compile()
     t1 = time.perf_counter()
-    _, m = compiled(keys)
+    state, m = compiled(keys)
     ret = np.asarray(jax.block_until_ready(m["train_return"]), np.float64)
     t2 = time.perf_counter()
+    extra = {}
+    if eval_final:  # the final policy on more episodes (training is unchanged)
+        evaluate = make_trainer(cfg.replace(eval_episodes=eval_final)).evaluate
+        ev_n = np.asarray(jax.jit(jax.vmap(evaluate))(state)["eval_return"], np.float64)
+        k_n = int(np.sum(ev_n >= SOLVED_RETURNS[env]))
+        extra = {"eval_final_episodes": eval_final, "eval_final_at_target": k_n,
+                 "eval_final_interval": wilson(k_n, seeds),
+                 "eval_final_returns": [round(float(x), 1) for x in ev_n]}
     ev = np.asarray(m["eval_return"], np.float64)[:, -1]
+    if curves is not None:
+        for k in CURVES:
+            curves[f"{env}/{algo}/{k}"] = np.asarray(m[k], np.float32)
     env_steps = np.asarray(m["env_steps"][0])
     target = SOLVED_RETURNS[env]
     with np.errstate(invalid="ignore"):
@@ -71,7 +91,7 @@ def run(env: str, algo: str, seeds: int, steps: int, overrides: dict) -> dict:
         "final_eval_returns": [round(float(x), 1) for x in ev],
         "final_train_returns": [round(float(x), 1) for x in ret[:, -1]],
         "first_crossing_steps": crossed,
-        "compile_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1),
+        "compile_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1), **extra,
     }
 
 
@@ -88,6 +108,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every row (Python literal values)")
     p.add_argument("--json", help="write the rows to this file")
+    p.add_argument("--eval-final", type=int, default=0, metavar="N",
+                   help="also evaluate each seed's final policy on N fresh episodes")
+    p.add_argument("--curves", help="save the per-update curves of every row (npz) here")
     a = p.parse_args()
     from npgjax.cli.args import parse_set
 
@@ -97,21 +120,28 @@ def main() -> None:
           f"{jax.devices()[0].platform}; {a.seeds} seeds, {a.steps:,} env steps"
           + (f", overrides {overrides}" if overrides else ""))
     print("| env | algo | target | eval return at target [95% CI] | train return at target "
-          "[95% CI] | crossed in training | compile / train s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    rows = []
+          "[95% CI] | crossed in training | compile / train s |"
+          + (f" eval on {a.eval_final} episodes [95% CI] |" if a.eval_final else ""))
+    print("| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if a.eval_final else ""))
+    rows, curves = [], ({} if a.curves else None)
     for env in envs:
         for algo in algos:
-            r = run(env, algo, a.seeds, a.steps, overrides)
+            r = run(env, algo, a.seeds, a.steps, overrides, curves, a.eval_final)
+            more = (f" | {_rate(r['eval_final_at_target'], a.seeds, r['eval_final_interval'])}"
+                    if a.eval_final else "")
             rows.append(r)
             print(f"| {env} | {algo} | {r['target']:g} | "
                   f"{_rate(r['eval_at_target'], a.seeds, r['eval_interval'])} | "
                   f"{_rate(r['train_at_target'], a.seeds, r['train_interval'])} | "
-                  f"{r['crossed']}/{a.seeds} | {r['compile_s']} / {r['train_s']} |", flush=True)
+                  f"{r['crossed']}/{a.seeds} | {r['compile_s']} / {r['train_s']}{more} |",
+                  flush=True)
+    if a.curves:
+        np.savez_compressed(a.curves, **curves)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"machine": cpu_model(), "jax": jax.__version__, "rows": rows}, f,
-                      indent=1)
+            json.dump({"machine": cpu_model(), "jax": jax.__version__,
+                       "load_average": load_average(), "overrides": overrides, "rows": rows},
+                      f, indent=1)
 
 
 if __name__ == "__main__":
