@@ -4,7 +4,7 @@ For each device count N (each in its own subprocess, with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` on a CPU; on a GPU host the
 real devices), NPG on CartPole-v1 with ``--envs`` environments x ``--steps`` steps per
 update (the global batch, the same for every N) is trained with the environment axis
-split over N devices (:func:`npgjax.rl.sharding.shard_trainer`): a chunk of
+split over N devices (:func:`npgjax.rl.sharding.make_sharded_trainer`): a chunk of
 ``--chunk`` updates inside one ``jax.jit``, compiled ahead of time, run once as a
 warmup, then timed over ``--repeats`` chunks. The table gives the median env steps/s,
 the milliseconds per update, the compile time, and the collectives XLA put in the
@@ -46,7 +46,7 @@ def worker(args: argparse.Namespace) -> list[dict]:
     import jax
 
     from npgjax.rl import get_config, make_trainer
-    from npgjax.rl.sharding import make_mesh, shard_trainer, state_sharding
+    from npgjax.rl.sharding import make_mesh, make_sharded_trainer, state_sharding
     from npgjax.rl.trainer import run_updates
 
     n = args.worker
@@ -56,7 +56,7 @@ def worker(args: argparse.Namespace) -> list[dict]:
     plain = make_trainer(config)
     rows = []
     for label, trainer in ([("plain", plain)] if n == 1 else []) + [
-            ("sharded", shard_trainer(plain, mesh))]:
+            ("sharded", make_sharded_trainer(config, mesh))]:
         state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
         if label == "sharded":
             state = jax.device_put(state, state_sharding(state, mesh))

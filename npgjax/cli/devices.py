@@ -100,9 +100,9 @@ def host_state(state: Any) -> Any:
     return jax.device_get(state)
 
 
-def compile_sharded(trainer: Any, mesh: Any, keys: Any, chunk: int
+def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int
                     ) -> tuple[Any, Any, Any, float, float]:
-    """Jit ``init`` and a ``chunk``-update scan with the state sharded over ``mesh``.
+    """Jit ``init`` and a ``chunk``-update scan of ``config``'s trainer, split over ``mesh``.
 
     Returns:
       ``(init(keys), run_chunk(state, start), (keys, state, replicated) shardings,
@@ -114,11 +114,11 @@ def compile_sharded(trainer: Any, mesh: Any, keys: Any, chunk: int
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from npgjax.rl.sharding import put_global, seed_axis, shard_trainer, state_sharding
+    from npgjax.rl.sharding import make_sharded_trainer, put_global, seed_axis, state_sharding
     from npgjax.rl.trainer import run_updates
 
     t0 = time.perf_counter()
-    sharded, axis = shard_trainer(trainer, mesh), seed_axis(mesh)
+    sharded, axis = make_sharded_trainer(config, mesh), seed_axis(mesh)
     init = jax.vmap(sharded.init, spmd_axis_name=axis)
     keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype)
     shapes = jax.eval_shape(init, keys)

@@ -275,7 +275,7 @@ def _train(run: _Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: 
                 trainer, keys, run.chunk, cache_dir)
         else:
             init_fn, chunk_fn, run.shardings, t_trace, t_xla = devices.compile_sharded(
-                trainer, run.mesh, keys, run.chunk)
+                config, run.mesh, keys, run.chunk)
     # A resumed state goes through the same compiled chunk as a fresh one: the PRNG key
     # lives in the state, so the continuation is bit-identical to an uninterrupted run.
     if ckpt and run.mesh is not None:

@@ -35,8 +35,9 @@ from npgjax.rl.trainer import make_trainer, run_updates
 Array = jax.Array
 PyTree = Any
 
-__all__ = ["SHARD_MODES", "check_divisible", "make_mesh", "make_sharded_train", "put_global",
-           "seed_axis", "shard_trainer", "state_sharding"]
+__all__ = ["SHARD_MODES", "check_divisible", "make_mesh", "make_sharded_train",
+           "make_sharded_trainer", "put_global", "seed_axis", "shard_trainer",
+           "state_sharding"]
 
 #: What can be sharded: the environments, the seeds, or both (a 2-D mesh).
 SHARD_MODES = ("envs", "seeds", "both")
@@ -189,6 +190,50 @@ def shard_trainer(trainer: Trainer, mesh: Mesh) -> Trainer:
     return trainer._replace(init=init, update=update)
 
 
+def make_sharded_trainer(
+    config: Config,
+    mesh: Mesh,
+    *,
+    policy_torso: nn.Module | None = None,
+    critic_torso: nn.Module | None = None,
+) -> Trainer:
+    """:func:`npgjax.rl.make_trainer` with its state and batches split over ``mesh``.
+
+    The runner state is constrained as in :func:`shard_trainer`, and the flat batch of
+    each update (``[num_steps * num_envs, ...]``) is split over ``"envs"`` too, so the
+    policy step and the critic fit run data-parallel: XLA sums the gradients and
+    Fisher-vector products over the devices instead of gathering the batch.
+
+    Args:
+      config: a :class:`npgjax.rl.Config`.
+      mesh: from :func:`make_mesh`.
+      policy_torso: optional flax module for the policy (see ``make_trainer``).
+      critic_torso: optional flax module for the critic.
+
+    Returns:
+      A :class:`~npgjax.rl.Trainer`.
+
+    Examples:
+      >>> import jax
+      >>> from npgjax.rl import get_config
+      >>> from npgjax.rl.sharding import make_mesh, make_sharded_trainer
+      >>> mesh = make_mesh(1, "envs")
+      >>> trainer = make_sharded_trainer(get_config("CartPole-v1", num_envs=2), mesh)
+      >>> trainer.init(jax.random.PRNGKey(0)).obs.shape
+      (2, 4)
+    """
+    shard_batch = None
+    if "envs" in mesh.axis_names:
+        envs = NamedSharding(mesh, P("envs"))
+
+        def shard_batch(flat: dict[str, Array]) -> dict[str, Array]:
+            return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, envs), flat)
+
+    trainer = make_trainer(config, policy_torso=policy_torso, critic_torso=critic_torso,
+                           shard_batch=shard_batch)
+    return shard_trainer(trainer, mesh)
+
+
 def seed_axis(mesh: Mesh) -> str | None:
     """``"seeds"`` when ``mesh`` has that axis, else None (the ``spmd_axis_name`` of vmaps)."""
     return "seeds" if "seeds" in mesh.axis_names else None
@@ -262,8 +307,8 @@ def make_sharded_train(
     """
     mesh = make_mesh(devices, shard, seed_devices=seed_devices)
     check_divisible(config, mesh, seeds)
-    trainer = shard_trainer(make_trainer(config, policy_torso=policy_torso,
-                                         critic_torso=critic_torso), mesh)
+    trainer = make_sharded_trainer(config, mesh, policy_torso=policy_torso,
+                                   critic_torso=critic_torso)
     axis = seed_axis(mesh)
     init = jax.vmap(trainer.init, spmd_axis_name=axis)
     s_state = state_sharding(jax.eval_shape(init, jax.ShapeDtypeStruct((seeds, 2), np.uint32)),

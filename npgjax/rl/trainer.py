@@ -44,6 +44,7 @@ def make_trainer(
     *,
     policy_torso: nn.Module | None = None,
     critic_torso: nn.Module | None = None,
+    shard_batch: Callable[[dict[str, Array]], dict[str, Array]] | None = None,
 ) -> Trainer:
     """Build the pure ``init``, ``update`` and ``evaluate`` functions for ``config``.
 
@@ -53,6 +54,10 @@ def make_trainer(
         features, used instead of ``config.network`` for the policy (a linear head is
         added).
       critic_torso: likewise for the critic.
+      shard_batch: optional function applied to the flat batch of each update (a dict
+        of ``[num_steps * num_envs, ...]`` arrays) before the policy step and the critic
+        fit: a sharding constraint that keeps the batch split over devices (see
+        :func:`npgjax.rl.sharding.make_sharded_trainer`); None leaves it as it is.
 
     Returns:
       A :class:`Trainer`.
@@ -80,8 +85,8 @@ def make_trainer(
                         parts.policy_batch if parts.recurrent else None)
     parts = parts._replace(algo=ALGORITHMS[config.algo].build(model, config.options),
                            model=model)
-    return Trainer(_make_init(parts), _make_update(parts), _make_evaluate(parts), parts.act,
-                   config, spec, parts.init_carry, model)
+    return Trainer(_make_init(parts), _make_update(parts, shard_batch), _make_evaluate(parts),
+                   parts.act, config, spec, parts.init_carry, model)
 
 
 def _make_init(parts: _Parts) -> Callable[..., RunnerState]:
@@ -121,7 +126,8 @@ def _make_init(parts: _Parts) -> Callable[..., RunnerState]:
     return init
 
 
-def _make_update(parts: _Parts) -> Callable[[RunnerState], tuple[RunnerState, dict]]:
+def _make_update(parts: _Parts, shard_batch: Callable[[dict], dict] | None = None
+                 ) -> Callable[[RunnerState], tuple[RunnerState, dict]]:
     config, policy, value = parts.config, parts.policy, parts.value
     T, B = config.num_steps, config.batch_size
     model = parts.model
@@ -153,6 +159,8 @@ def _make_update(parts: _Parts) -> Callable[[RunnerState], tuple[RunnerState, di
         flat = {k: traj[k].reshape((B,) + traj[k].shape[2:]) for k in keys}
         a = adv.reshape(B)
         flat["adv"] = normalize_advantages(a) if config.normalize_adv else a
+        if shard_batch is not None:
+            flat = shard_batch(flat)
         progress = state.update.astype(jnp.float32) / config.num_updates
         pi_params, pi_opt_state, diag = parts.algo.step(
             state.pi_params, state.pi_opt_state, UpdateData(flat, traj, next_values), hp,
