@@ -22,7 +22,7 @@ from npgjax.rl.algos.natural import natural_chain, natural_diagnostics, set_hype
 
 Array = jax.Array
 
-__all__ = ["NPG", "NPGOptions", "build_natural", "segment_log_prob_fn"]
+__all__ = ["NPG", "NPGOptions", "build_natural", "segment_log_prob_fn", "signal_fraction"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +48,13 @@ class NPGOptions:
         the per-step scores (:func:`npgjax.sample_space_natural_gradient`), for
         ``fisher="empirical"`` and memoryless networks; it pays only when the
         ``N = num_envs * num_steps`` steps are far fewer than the policy's parameters.
+      signal_power: 0 (off) or ``p > 0``: the KL bound of each step is multiplied by
+        ``f ** p``, ``f`` the gradient's estimated signal fraction
+        (:func:`signal_fraction`, from two independent halves of the environments). With
+        ``p = 2`` the step's length is ``f`` times the trust-region step, the length that
+        maximises the expected surrogate gain of a noisy gradient; when the advantages
+        are noise (a solved policy at the return cap) ``f`` is near 0 and the policy
+        stays where it is instead of taking a full ``max_kl`` step in a random direction.
     """
 
     max_kl: float = dataclasses.field(default=0.01, metadata=TRACED)
@@ -57,6 +64,7 @@ class NPGOptions:
     fisher: str = "analytic"
     fisher_fraction: float = 1.0
     solver: str = "cg"
+    signal_power: float = 0.0
 
     def validate(self) -> None:
         if self.fisher not in ("analytic", "empirical", "trajectory"):
@@ -72,6 +80,9 @@ class NPGOptions:
                 "solver='sample_space' needs independent per-sample scores: use "
                 f"fisher='empirical' (got {self.fisher!r}; the analytic Fisher has no scores, "
                 "and the rollout's trajectory segments are not separable samples).")
+        if not 0 <= float(self.signal_power) < float("inf"):
+            raise ValueError(f"signal_power must be a finite number >= 0, got "
+                             f"{self.signal_power}.")
         if not 0 < self.fisher_fraction <= 1:
             raise ValueError(f"fisher_fraction must be in (0, 1], got {self.fisher_fraction}.")
         if self.fisher == "trajectory" and self.fisher_fraction != 1:
@@ -88,6 +99,40 @@ def _check_kl_options(opts: Any) -> None:
         raise ValueError(f"damping must be a non-negative finite number, got {opts.damping}.")
     if not 0 < opts.max_kl_decay <= 1:
         raise ValueError(f"max_kl_decay must be in (0, 1], got {opts.max_kl_decay}.")
+
+
+def signal_fraction(loss_fn: Any, params: Any, batch: dict[str, Array],
+                    num_envs: int) -> Array:
+    r"""The share of the policy gradient that is signal rather than sampling noise.
+
+    The gradients :math:`g_A, g_B` of the surrogate on two halves of the environments
+    (even and odd; independent rollouts) have the same mean :math:`\mu` and independent
+    noise, so :math:`g_A \cdot g_B` estimates :math:`|\mu|^2` without bias, while the
+    whole batch's :math:`g = (g_A + g_B) / 2` has :math:`E|g|^2 = |\mu|^2 + ` noise:
+
+    .. math:: f = \mathrm{clip}(g_A \cdot g_B / |g|^2, 0, 1).
+
+    Args:
+      loss_fn: ``loss_fn(params, batch)``, the mean surrogate loss (linear in ``adv``).
+      params: the policy parameters.
+      batch: the flat time-major ``[T * E]`` batch with ``adv``.
+      num_envs: ``E`` (at least 2).
+
+    Returns:
+      ``f`` in ``[0, 1]`` (0 when the gradient is zero or not finite).
+    """
+    env = jnp.arange(batch["adv"].shape[0]) % num_envs
+    half = (env % 2 == 0).astype(batch["adv"].dtype)
+    n = batch["adv"].shape[0]
+    w_a = half * n / jnp.maximum(jnp.sum(half), 1.0)
+    w_b = (1.0 - half) * n / jnp.maximum(n - jnp.sum(half), 1.0)
+    g_a = jax.grad(loss_fn)(params, dict(batch, adv=batch["adv"] * w_a))
+    g_b = jax.grad(loss_fn)(params, dict(batch, adv=batch["adv"] * w_b))
+    pairs = list(zip(jax.tree.leaves(g_a), jax.tree.leaves(g_b), strict=True))
+    dot = sum(jnp.vdot(a, b) for a, b in pairs)
+    sq = sum(jnp.vdot(a + b, a + b) for a, b in pairs) / 4
+    f = jnp.clip(dot / sq, 0.0, 1.0)
+    return jnp.where(jnp.isfinite(f), f, 0.0)
 
 
 def segment_log_prob_fn(model: PolicyModel) -> Any:
@@ -119,6 +164,9 @@ def build_natural(model: PolicyModel, opts: NPGOptions,
     if opts.solver == "sample_space" and model.recurrent:
         raise ValueError("solver='sample_space' needs independent per-step samples; a recurrent "
                          "policy's steps are replayed through time together: use solver='cg'.")
+    if opts.signal_power and model.num_envs < 2:
+        raise ValueError("signal_power > 0 compares two halves of the environments: "
+                         f"num_envs must be at least 2, got {model.num_envs}.")
     B = model.batch_size
     n_fisher = max(1, int(round(opts.fisher_fraction * B)))
 
@@ -140,6 +188,9 @@ def build_natural(model: PolicyModel, opts: NPGOptions,
             fisher_batch = jax.tree.map(lambda x: x[idx], batch)
         g = jax.grad(model.loss_fn)(params, batch)
         max_kl = decayed_max_kl(hparams["max_kl"], opts.max_kl_decay, progress)
+        if opts.signal_power:  # shrink the bound when the gradient is mostly noise
+            f = signal_fraction(model.loss_fn, params, batch, model.num_envs)
+            max_kl = max_kl * jnp.maximum(f ** opts.signal_power, 1e-6)
         opt_state = set_hyperparams(opt_state, max_kl=max_kl, damping=hparams["damping"])
         updates, opt_state = tx.update(g, opt_state, params, batch=batch,
                                        fisher_batch=fisher_batch, **extra)
