@@ -308,9 +308,10 @@ def make_networks(
     ``"auto"`` is ``"mlp"`` for every observation, images included (flattened), by
     measurement (``benchmarks/networks.py``, 2 AMD EPYC cores): with npg's defaults the
     cnn trains 12-27x fewer env steps per second than the mlp (Breakout-MinAtar 381
-    against 10,219; Pong-misc 112 against 1,388) and gained no return at equal env
-    steps (Breakout-MinAtar, 4 seeds, 51,200 steps: eval 6.62 +- 0.80 against 6.88 +-
-    0.51; see benchmarks/README.md). ``"cnn"`` is one word away, e.g. on an accelerator.
+    against 10,219; Pong-misc 112 against 1,388). At equal env steps it was level on
+    Breakout-MinAtar and ahead on Pong-misc (train return 394 against 246 after 25,600
+    steps, 4 seeds), but the mlp given 6x the steps in less wall time reached 954
+    (benchmarks/README.md). ``"cnn"`` is one word away, e.g. on an accelerator.
 
     Args:
       network: ``"auto"`` (``"mlp"``, above), ``"mlp"`` (observations flattened),
