@@ -61,9 +61,10 @@ def _env(devices: int) -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], devices: int, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], env=_env(devices), cwd=ROOT, text=True,
-                          capture_output=True, timeout=TIMEOUT, **kw)
+def _run(args: list[str], devices: int, env_extra: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env={**_env(devices), **(env_extra or {})},
+                          cwd=ROOT, text=True, capture_output=True, timeout=TIMEOUT)
 
 
 def _csv(path: Path) -> dict[str, np.ndarray]:
@@ -96,12 +97,21 @@ def lib(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cli_4(tmp_path_factory):
-    """The command line on 4 devices, environments sharded."""
-    out = tmp_path_factory.mktemp("cli4")
-    proc = _run(["-m", "npgjax.train", *CLI, "--devices", "4", "--shard", "envs",
-                 "--out", str(out)], 4)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc.stdout
+    """The command line on 4 devices, environments sharded; and the same run stopped
+    after one chunk and resumed (JAX's compilation cache in a temporary directory, so
+    the later processes skip XLA)."""
+    root = tmp_path_factory.mktemp("cli4")
+    out, split = root / "full", root / "split"
+    argv = ["-m", "npgjax.train", *[a for a in CLI if a != "--no-compile-cache"],
+            "--devices", "4", "--shard", "envs"]
+    env = {"NPGJAX_CACHE_DIR": str(root / "cache")}
+    procs = [_run([*argv, "--out", str(out)], 4, env_extra=env)]
+    procs.append(_run([*argv, "--out", str(split), "--stop-after-chunks", "1"], 4,
+                      env_extra=env))
+    procs.append(_run([*argv, "--out", str(split), "--resume"], 4, env_extra=env))
+    for proc in procs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, procs[0].stdout, split
 
 
 @pytest.mark.parametrize("mode", ["envs", "seeds", "both"])
@@ -127,7 +137,7 @@ def test_sharded_deterministic(lib, mode):
 
 
 def test_cli_devices(lib, cli_4):
-    out, stdout = cli_4
+    out, stdout, _ = cli_4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["device"]["devices_used"] == 4 and summary["device"]["shard"] == "envs"
     assert "x 4, envs sharded, 1 process" in stdout
@@ -135,6 +145,14 @@ def test_cli_devices(lib, cli_4):
     as_csv = np.vectorize(lambda v: float(format(v, ".9g")))  # metrics.csv's rounding
     for name in ref:
         _close(name, as_csv(np.asarray(ref[name], np.float64)), metrics[name])
+
+
+def test_cli_resume_sharded(cli_4):
+    """Stopped after one chunk and resumed on 4 devices: the same run, bit for bit."""
+    full, _, split = cli_4
+    assert (split / "metrics.csv").read_text() == (full / "metrics.csv").read_text()
+    summary = json.loads((split / "summary.json").read_text())
+    assert summary["complete"] and len(summary["sessions"]) == 2
 
 
 ERRORS_SCRIPT = """
