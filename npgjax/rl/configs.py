@@ -47,7 +47,7 @@ class Config:
       vf_lr: critic learning rate, adam (traced).
       vf_epochs: passes over the rollout per update for the critic.
       vf_minibatch: critic minibatch size (0 = whole rollout).
-      network: ``"auto"`` (``"cnn"`` for image observations, else ``"mlp"``), ``"mlp"``,
+      network: ``"auto"`` (``"mlp"``, images flattened; see :func:`npgjax.rl.make_networks`), ``"mlp"``,
         ``"cnn"`` or ``"gru"`` (a recurrent policy and critic: the mlp or cnn torso, then
         a GRU cell of width ``hidden[-1]``; its hidden state is reset at episode starts
         and the update replays whole rollouts through it).
