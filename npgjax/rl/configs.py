@@ -47,10 +47,11 @@ class Config:
       vf_lr: critic learning rate, adam (traced).
       vf_epochs: passes over the rollout per update for the critic.
       vf_minibatch: critic minibatch size (0 = whole rollout).
-      network: ``"auto"`` (``"mlp"``, images flattened; see :func:`npgjax.rl.make_networks`), ``"mlp"``,
-        ``"cnn"`` or ``"gru"`` (a recurrent policy and critic: the mlp or cnn torso, then
-        a GRU cell of width ``hidden[-1]``; its hidden state is reset at episode starts
-        and the update replays whole rollouts through it).
+      network: ``"auto"`` (``"mlp"``, images flattened; see
+        :func:`npgjax.rl.make_networks`), ``"mlp"``, ``"cnn"`` or ``"gru"`` (a recurrent
+        policy and critic: the mlp or cnn torso, then a GRU cell of width ``hidden[-1]``;
+        its hidden state is reset at episode starts and the update replays whole
+        rollouts through it).
       hidden: hidden widths of both networks.
       activation: hidden activation of the MLP.
       normalize_obs: running observation normalisation.
