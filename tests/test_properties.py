@@ -119,7 +119,7 @@ def _flat(tree):
 
 
 @settings(
-    max_examples=30, deadline=None, derandomize=True,
+    max_examples=15, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(problems())
