@@ -118,7 +118,9 @@ def fit_recurrent_critic(
 
     Args:
       net: the recurrent critic.
-      tx, params, opt_state: its optimiser, parameters and optimiser state.
+      tx: its optimiser.
+      params: its parameters.
+      opt_state: the optimiser's state.
       inputs: ``(carry [E, H], obs [T, E, ...], done [T, E])``.
       targets: ``[T, E]`` value targets.
       key: shuffling key.
