@@ -46,7 +46,8 @@ def worker(args: argparse.Namespace) -> list[dict]:
     import jax
 
     from npgjax.rl import get_config, make_trainer
-    from npgjax.rl.sharding import make_mesh, make_sharded_trainer, state_sharding
+    from npgjax.rl.mesh import make_mesh
+    from npgjax.rl.sharding import make_sharded_trainer, state_sharding
     from npgjax.rl.trainer import run_updates
 
     n = args.worker

@@ -68,7 +68,7 @@ def choose_mesh(args: argparse.Namespace, config: Any, parser: argparse.Argument
     """
     import jax
 
-    from npgjax.rl.sharding import check_divisible, make_mesh
+    from npgjax.rl.mesh import check_divisible, make_mesh
 
     total, procs = jax.device_count(), jax.process_count()
     n = total if args.devices is None else args.devices
@@ -114,7 +114,8 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from npgjax.rl.sharding import make_sharded_trainer, put_global, seed_axis, state_sharding
+    from npgjax.rl.mesh import put_global, seed_axis
+    from npgjax.rl.sharding import make_sharded_trainer, state_sharding
     from npgjax.rl.trainer import run_updates
 
     t0 = time.perf_counter()

@@ -8,8 +8,6 @@ and a checkpoint, so an interrupted run can be continued with ``--resume``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
 import time
@@ -21,40 +19,9 @@ import numpy as np
 from npgjax.cli import devices, io
 from npgjax.cli.args import build_parser, choose_chunk_updates, parse_pairs, parse_set
 from npgjax.cli.report import fmt, nan_stats, print_result, summarize
+from npgjax.cli.run import Run, resume, save_run
 
 __all__ = ["main"]
-
-
-@dataclasses.dataclass
-class _Run:
-    """What changes while the command runs."""
-
-    args: argparse.Namespace
-    config: Any
-    out: Path
-    chunk: int
-    target: float | None
-    chunks_done: int = 0
-    metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    times: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
-    sessions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    state: Any = None
-    tb: Any = None  # the TensorBoard log (--tensorboard)
-    mesh: Any = None  # the device mesh, None on one device (the plain vmapped path)
-    shardings: Any = None  # (keys, state, replicated) shardings on the mesh
-    writer: bool = True  # process 0 (or the only one): writes files and prints
-
-    @property
-    def n_chunks(self) -> int:
-        return self.config.num_updates // self.chunk
-
-    def header(self, device: Any) -> dict[str, Any]:
-        a = self.args
-        return {"env": self.config.env_name, "algo": self.config.algo, "seeds": a.seeds,
-                "seed": a.seed, "complete": self.chunks_done == self.n_chunks,
-                "chunk_updates": self.chunk, "chunks_done": self.chunks_done,
-                "sessions": self.sessions, "device": device,
-                "config": io.config_dict(self.config)}
 
 
 def _config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
@@ -74,61 +41,7 @@ def _config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
-def _check_resume(ckpt: dict[str, Any], expect: dict[str, Any], out: Path) -> str | None:
-    """A message listing what differs between the checkpoint and this run, or None."""
-    diffs = []
-    for key in ("seeds", "seed", "chunk_updates"):
-        if ckpt.get(key) != expect[key]:
-            diffs.append(f"{key}: checkpoint {ckpt.get(key)!r}, now {expect[key]!r}")
-    old, new = ckpt.get("config", {}), expect["config"]
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            diffs.append(f"{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
-    if not diffs:
-        return None
-    return (f"--resume: the checkpoint in {out} was made with different options "
-            f"({'; '.join(diffs)}); rerun with the same options or use another --out")
-
-
-def _resume(run: _Run, trainer: Any, keys: Any, parser: argparse.ArgumentParser
-            ) -> dict[str, Any]:
-    import jax
-
-    try:
-        ckpt = io.load_checkpoint(run.out, jax.eval_shape(jax.vmap(trainer.init), keys))
-    except ValueError as e:
-        parser.error(f"--resume: {str(e).splitlines()[0]}")
-    cfg = json.loads(json.dumps(io.jsonable(io.config_dict(run.config))))
-    msg = _check_resume(ckpt, {"seeds": run.args.seeds, "seed": run.args.seed,
-                               "chunk_updates": run.chunk, "config": cfg}, run.out)
-    if msg:
-        parser.error(msg)
-    run.chunks_done = int(ckpt["chunks_done"])
-    if ckpt["times"].shape[0] != run.chunks_done * run.chunk:
-        parser.error(f"--resume: the checkpoint in {run.out} holds "
-                     f"{ckpt['times'].shape[0]} updates, not chunks_done x chunk_updates")
-    run.metrics = {k: np.asarray(v) for k, v in ckpt["metrics"].items()}
-    run.times = ckpt["times"]
-    run.sessions = list(ckpt["sessions"])
-    return ckpt
-
-
-def _save(run: _Run, device: dict[str, Any], session: dict[str, Any], t_start: float) -> None:
-    state = devices.host_state(run.state)
-    if not run.writer:
-        return
-    session["wall_time_s"] = time.perf_counter() - t_start
-    io.write_csv(run.out / "metrics.csv", run.metrics)
-    summary = summarize(run.header(device), run.config, run.metrics, run.times, run.target)
-    io.atomic_write(run.out / "summary.json",
-                    (json.dumps(io.jsonable(summary), indent=2) + "\n").encode())
-    meta = {"chunks_done": run.chunks_done, "chunk_updates": run.chunk,
-            "seeds": run.args.seeds, "seed": run.args.seed, "sessions": run.sessions,
-            "env_is_id": True, "config": io.config_dict(run.config)}
-    io.save_checkpoint(run.out, state, meta, run.metrics, run.times)
-
-
-def _progress_bar(run: _Run) -> Any:
+def _progress_bar(run: Run) -> Any:
     if run.args.no_progress or not run.writer or run.chunks_done >= run.n_chunks:
         return None
     try:
@@ -141,7 +54,7 @@ def _progress_bar(run: _Run) -> Any:
                 desc=f"{run.config.env_name} {run.config.algo}", smoothing=0.1)
 
 
-def _loop(run: _Run, chunk_fn: Any, session: dict[str, Any], save: Any) -> tuple[bool, bool]:
+def _loop(run: Run, chunk_fn: Any, session: dict[str, Any], save: Any) -> tuple[bool, bool]:
     """Run the remaining chunks; returns ``(interrupted, stopped)``."""
     import jax
 
@@ -182,7 +95,7 @@ def _loop(run: _Run, chunk_fn: Any, session: dict[str, Any], save: Any) -> tuple
     return False, False
 
 
-def _plots(run: _Run) -> list[str]:
+def _plots(run: Run) -> list[str]:
     if run.args.no_plot or not run.writer:
         return []
     try:
@@ -236,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{config.env_name}: {e}")
     out = Path(args.out if args.out is not None
                else os.path.join("runs", f"{config.env_name}-{config.algo}"))
-    run = _Run(args, config, out, choose_chunk_updates(config.num_updates, args.chunk_updates),
+    run = Run(args, config, out, choose_chunk_updates(config.num_updates, args.chunk_updates),
                _target(args, config), mesh=devices.choose_mesh(args, config, parser))
     run.writer = devices.is_writer()
     lock = None
@@ -259,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 
-def _train(run: _Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: str | None,
+def _train(run: Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: str | None,
            t_start: float) -> int:
     import jax
 
@@ -267,7 +180,7 @@ def _train(run: _Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: 
 
     args, config, out = run.args, run.config, run.out
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.seeds)
-    ckpt = _resume(run, trainer, keys, parser) if args.resume else None
+    ckpt = resume(run, trainer, keys, parser) if args.resume else None
     chunk_fn, t_trace, t_xla, memo = None, 0.0, 0.0, False
     if run.chunks_done < run.n_chunks:  # nothing to compile when resuming a finished run
         if run.mesh is None:
@@ -279,7 +192,7 @@ def _train(run: _Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: 
     # A resumed state goes through the same compiled chunk as a fresh one: the PRNG key
     # lives in the state, so the continuation is bit-identical to an uninterrupted run.
     if ckpt and run.mesh is not None:
-        from npgjax.rl.sharding import put_global
+        from npgjax.rl.mesh import put_global
 
         run.state = put_global(ckpt["state"], run.shardings[1])
     else:
@@ -300,7 +213,7 @@ def _train(run: _Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: 
     run.sessions.append(session)
 
     def save() -> None:
-        _save(run, device, session, t_start)
+        save_run(run, device, session, t_start)
 
     interrupted, stopped = _loop(run, chunk_fn, session, save)
     files = ["metrics.csv", "summary.json", "checkpoint.json", "checkpoint.msgpack"]
@@ -321,7 +234,7 @@ def _train(run: _Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: 
     return 0
 
 
-def _announce(run: _Run, chunk_fn: Any, t_trace: float, t_xla: float, memo: bool,
+def _announce(run: Run, chunk_fn: Any, t_trace: float, t_xla: float, memo: bool,
               cache_dir: str | None, dev: Any, resumed: bool) -> None:
     cfg, S = run.config, run.args.seeds
     print(f"npgjax-train: {cfg.env_name} / {cfg.algo}, {S} seed{'s' * (S > 1)}, "

@@ -24,9 +24,10 @@ from npgjax.rl.algos import (  # noqa: E402
 )
 from npgjax.rl.configs import ALGOS, ENV_DEFAULTS, Config, get_config  # noqa: E402
 from npgjax.rl.envs import SOLVED_RETURNS, EnvSpec, default_target, make_env  # noqa: E402
+from npgjax.rl.mesh import make_mesh  # noqa: E402
 from npgjax.rl.networks import CNN, MLP, GRUNet, TorsoHead, make_networks, orthogonal  # noqa: E402
 from npgjax.rl.policy import Policy, evaluate_policy, load_policy, save_policy  # noqa: E402
-from npgjax.rl.sharding import make_mesh, make_sharded_train, make_sharded_trainer  # noqa: E402
+from npgjax.rl.sharding import make_sharded_train, make_sharded_trainer  # noqa: E402
 from npgjax.rl.trainer import (  # noqa: E402
     RunnerState,
     Trainer,
