@@ -6,14 +6,13 @@ step rule -> optax transform -> RL loop (:mod:`npgjax.rl`, imported on demand).
 
 from npgjax._tree import materialize, tree_vdot
 from npgjax._version import __version__ as __version__
+from npgjax.dense import dense_analytic_fisher, dense_fisher
 from npgjax.distributions import Categorical, DiagGaussian, distribution_fisher_vector_product
 from npgjax.estimators import explained_variance, normalize_advantages, surrogate_loss
 from npgjax.fisher import (
     analytic_fisher,
     analytic_fisher_vector_product,
     damped,
-    dense_analytic_fisher,
-    dense_fisher,
     empirical_fisher,
     fisher_vector_product,
 )

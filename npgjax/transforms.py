@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from npgjax._checked_step import checked_step, hyper_status
 from npgjax._tree import (
     AxisName,
-    axis_all,
     check_all_finite,
     check_axis_name,
     check_mask,
@@ -40,11 +40,8 @@ from npgjax._tree import (
     check_same_structure,
     check_state,
     is_concrete,
-    mask_is_valid,
-    tree_all_finite,
     tree_norm,
     tree_scale,
-    tree_vdot,
     tree_where,
     tree_zeros_like,
     varying_axes,
@@ -52,8 +49,7 @@ from npgjax._tree import (
 from npgjax.fisher import analytic_fisher, damped, empirical_fisher
 from npgjax.sample_space import sample_space_natural_gradient
 from npgjax.solvers import conjugate_gradient
-from npgjax.status import ZERO_UPDATE_BITS, Status
-from npgjax.steps import max_kl_is_valid, trust_region_scale
+from npgjax.status import ZERO_UPDATE_BITS
 from npgjax.trust_region import (
     KLGuardState,
     TrustRegionLineSearchState,
@@ -74,15 +70,6 @@ __all__ = [
     "precondition_by_fisher",
     "trust_region_line_search",
 ]
-
-#: Relative excess of x^T (F + lambda I) x over g^T x that counts as a CG inaccuracy
-#: (float32 rounding on a truncated CG moves it by about 1%).
-_MODEL_RTOL = 0.1
-#: Fraction of the step's model KL below which the undamped Fisher counts as blind to it.
-_DAMPED_FRACTION = 1e-2
-#: Margin on CG's objective before an answer counts as worse than its first iterate.
-_Q_RTOL = 1e-3
-
 
 class PreconditionByFisherState(NamedTuple):
     """Diagnostics of the last :func:`precondition_by_fisher` update.
@@ -120,66 +107,6 @@ def _init_state() -> PreconditionByFisherState:
     z = jnp.zeros((), jnp.float32)
     i = jnp.zeros((), jnp.int32)
     return PreconditionByFisherState(i, z, z, z, i, z, z, jnp.asarray(False), i)
-
-
-def _bits(flags: list[tuple[Array, Status]]) -> Array:
-    return sum((jnp.where(c, int(b), 0) for c, b in flags), jnp.zeros((), jnp.int32))
-
-
-def _natural_step(matvec, g, x, info, max_kl, damping):
-    """Check, rescue and scale the solver's answer; one extra product ``matvec(x)``."""
-    gg, gx = tree_vdot(g, g), tree_vdot(g, x)
-    ax = matvec(x)
-    xax = tree_vdot(x, ax)
-    gag = info.first_curvature
-    if gag is None:  # a solver without CG's first curvature: one more product
-        gag = tree_vdot(g, matvec(g))
-    curv_ok = (gag > 0) & jnp.isfinite(gag)
-    t = gg / jnp.where(curv_ok, gag, 1.0)
-    # CG minimises q(x) = x^T A x / 2 - g^T x and its first iterate t g has q = -t g^T g / 2;
-    # an answer worse than that (or with g^T x <= 0) was spoilt by rounding: use t g.
-    q_first = -0.5 * t * gg
-    q_x = 0.5 * xax - gx
-    x_ok = (gx > 0) & jnp.isfinite(q_x) & tree_all_finite(x)
-    x_ok = x_ok & (~curv_ok | (q_x <= q_first + _Q_RTOL * jnp.abs(q_first)))
-    fallback = (gg > 0) & ~x_ok
-    x = tree_where(fallback, tree_scale(t, g), x)
-    gx = jnp.where(fallback, t * gg, gx)
-    xax = jnp.where(fallback, t * gg, xax)
-    # In exact arithmetic x^T A x = g^T x; a larger real product means CG lost accuracy,
-    # and scaling with it gives the smaller, safe step.
-    inaccurate = ~fallback & (xax > (1.0 + _MODEL_RTOL) * gx)
-    denom = jnp.where(inaccurate, xax, gx)
-    scale = jnp.ones((), gx.dtype) if max_kl is None else trust_region_scale(denom, max_kl)
-    xnorm2 = tree_vdot(x, x)
-    xfx = jnp.maximum(xax - damping * xnorm2, 0.0)  # the undamped quadratic form
-    pred_kl = 0.5 * scale**2 * xfx
-    g_finite = tree_all_finite(g)
-    op_bad = jnp.where(
-        fallback, ~jnp.isfinite(gag), ~jnp.isfinite(xax) | ~jnp.isfinite(info.residual_norm)
-    )
-    status = _bits([
-        (~g_finite, Status.NONFINITE_GRADIENT),
-        (g_finite & op_bad, Status.NONFINITE_FISHER),
-        (g_finite & ~op_bad & fallback & ~curv_ok, Status.SINGULAR_FISHER),
-        (g_finite & ~op_bad & fallback & curv_ok, Status.GRADIENT_FALLBACK),
-        (inaccurate, Status.CG_INACCURATE),
-        ((xax > 0) & (xfx < _DAMPED_FRACTION * xax), Status.DAMPING_DOMINATED),
-    ])
-    denom_c = jnp.sqrt(gg) * jnp.sqrt(xnorm2)
-    cosine = jnp.where(denom_c > 0, gx / jnp.where(denom_c > 0, denom_c, 1.0), 0.0)
-    return x, scale, gx, pred_kl, cosine, status
-
-
-def _hyper_status(max_kl, damping, mask, axis_name) -> Array:
-    lam = jnp.asarray(damping)
-    flags = [
-        (~(jnp.isfinite(lam) & (lam >= 0)), Status.BAD_DAMPING),
-        (~axis_all(mask_is_valid(mask), axis_name), Status.BAD_MASK),  # same on every device
-    ]
-    if max_kl is not None:
-        flags.append((~max_kl_is_valid(max_kl), Status.BAD_MAX_KL))
-    return _bits(flags)
 
 
 def _check_global_gradient(updates: PyTree, axis_name: AxisName) -> None:
@@ -381,10 +308,10 @@ def precondition_by_fisher(
             check_mask(fisher_mask, jnp.shape(fisher_mask), "precondition_by_fisher")
         matvec = damped(make_fisher(params, data, fisher_mask), damping)
         x, info = solve(matvec, updates, params, data, fisher_mask, damping)
-        x, scale, gx, pred_kl, cosine, status = _natural_step(
+        x, scale, gx, pred_kl, cosine, status = checked_step(
             matvec, updates, x, info, max_kl, damping
         )
-        status = status | _hyper_status(max_kl, damping, fisher_mask, axis_name)
+        status = status | hyper_status(max_kl, damping, fisher_mask, axis_name)
         skipped = (status & ZERO_UPDATE_BITS) != 0
         out = tree_where(skipped, tree_zeros_like(updates), tree_scale(scale, x))
         gnorm = tree_norm(updates)

@@ -15,12 +15,12 @@ if "NPGJAX_TEST_XLA_CACHE" not in os.environ:
     os.environ["NPGJAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="npgjax-test-xla-")
     atexit.register(shutil.rmtree, os.environ["NPGJAX_TEST_XLA_CACHE"], True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["NPGJAX_TEST_XLA_CACHE"]
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.3"
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "2"
 
 import jax
 
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
