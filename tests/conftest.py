@@ -77,3 +77,4 @@ def make_problem(head: str, key=0, n=24, obs_dim=3, hidden=5, act_dim=3, dtype=j
         return dist_fn(p, b).log_prob(b["actions"])
 
     return params, batch, dist_fn, log_prob_fn
+
