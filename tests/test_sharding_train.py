@@ -20,6 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# One worker runs the whole module (`make test` uses --dist loadgroup): its module
+# fixtures are then built once.
+pytestmark = pytest.mark.xdist_group("test_sharding_train")
+
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"num_envs": 8, "num_steps": 16, "total_timesteps": 512, "hidden": (16,),
             "vf_epochs": 1, "eval_every": 2, "eval_episodes": 4}
@@ -158,6 +162,7 @@ def test_cli_resume_sharded(cli_4):
 ERRORS_SCRIPT = """
 import contextlib, io, json, sys
 from npgjax.train import main
+
 out = []
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()
