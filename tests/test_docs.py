@@ -35,10 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-# One worker runs the whole module (`make test` uses --dist loadgroup): its module
-# fixtures (or chained docs blocks) are then built once.
-pytestmark = pytest.mark.xdist_group("test_docs")
-
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -21,10 +21,6 @@ from npgjax.evaluate import main as evaluate_main
 from npgjax.rl import evaluate_policy, load_policy
 from npgjax.train import main as train_main
 
-# One worker runs the whole module (`make test` uses --dist loadgroup): its module
-# fixtures (or chained docs blocks) are then built once.
-pytestmark = pytest.mark.xdist_group("test_evaluate_cli")
-
 SEEDS, SOLVED = 4, 475.0
 
 

@@ -26,10 +26,6 @@ from npgjax.rl import (
 from npgjax.rl.checkpoint import CheckpointError
 from npgjax.rl.normalize import RunningStats, normalize
 
-# One worker runs the whole module (`make test` uses --dist loadgroup): its module
-# fixtures (or chained docs blocks) are then built once.
-pytestmark = pytest.mark.xdist_group("test_policy")
-
 SEEDS = 3
 
 

@@ -18,10 +18,6 @@ import time
 
 import pytest
 
-# One worker runs the whole module (`make test` uses --dist loadgroup): its module
-# fixtures (or chained docs blocks) are then built once.
-pytestmark = pytest.mark.xdist_group("test_sharding_core")
-
 DEVICES = 4
 RTOL = 1e-5
 

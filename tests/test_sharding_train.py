@@ -20,10 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# One worker runs the whole module (`make test` uses --dist loadgroup): its module
-# fixtures are then built once.
-pytestmark = pytest.mark.xdist_group("test_sharding_train")
-
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"num_envs": 8, "num_steps": 16, "total_timesteps": 512, "hidden": (16,),
             "vf_epochs": 1, "eval_every": 2, "eval_episodes": 4}

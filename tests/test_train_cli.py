@@ -18,10 +18,6 @@ pytest.importorskip("matplotlib")
 
 from npgjax.train import choose_chunk_updates, main, parse_set
 
-# One worker runs the whole module (`make test` uses --dist loadgroup): its module
-# fixtures (or chained docs blocks) are then built once.
-pytestmark = pytest.mark.xdist_group("test_train_cli")
-
 # 8 updates of 2 x 32 steps per seed; the compiled chunk is shared by all runs below
 # (same config, seeds and chunk size), so the module compiles once.
 TINY = [
