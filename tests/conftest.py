@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import atexit
 import itertools
-import os
-import shutil
-import tempfile
-
-# One persistent XLA compilation cache for the whole run, fresh each run: every xdist
-# worker and every subprocess a test starts (they inherit the variable) share it, so a
-# program that several tests, docs blocks or CLI processes build is compiled once.
-if "NPGJAX_TEST_XLA_CACHE" not in os.environ:
-    os.environ["NPGJAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="npgjax-test-xla-")
-    atexit.register(shutil.rmtree, os.environ["NPGJAX_TEST_XLA_CACHE"], True)
-os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["NPGJAX_TEST_XLA_CACHE"]
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "2"
 
 import jax
+import jax.numpy as jnp
+import pytest
 
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
-import jax.numpy as jnp  # noqa: E402
-import pytest  # noqa: E402
-
-import npgjax  # noqa: E402
+import npgjax
 
 
 @pytest.fixture
@@ -77,4 +61,3 @@ def make_problem(head: str, key=0, n=24, obs_dim=3, hidden=5, act_dim=3, dtype=j
         return dist_fn(p, b).log_prob(b["actions"])
 
     return params, batch, dist_fn, log_prob_fn
-

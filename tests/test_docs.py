@@ -185,6 +185,26 @@ def namespace_after(block: Block) -> dict:
     return run.namespace
 
 
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for this module: several pages train the same
+    small configuration, and the second compilation of a program is then a cache hit."""
+    try:
+        from jax._src import compilation_cache as cc
+    except ImportError:  # pragma: no cover - a jax without it: compile every time
+        yield
+        return
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    saved = [getattr(jax.config, n) for n in names]
+    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax-cache")))
+    jax.config.update(names[1], 1.0)
+    cc.reset_cache()
+    yield
+    for name, value in zip(names, saved, strict=True):
+        jax.config.update(name, value)
+    cc.reset_cache()
+
+
 def _corridor_learns(ns: dict) -> None:
     """The own-environment how-to: the deterministic policy walks to the exit."""
     ev = np.asarray(ns["metrics"]["eval_return"])
@@ -200,7 +220,7 @@ CHECKS = {"docs/howto/own-environment.md:88": _corridor_learns}
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_block_runs(block: Block):
+def test_block_runs(block: Block, compilation_cache):
     namespace = namespace_after(block)
     if block.id in CHECKS:
         CHECKS[block.id](namespace)

@@ -158,7 +158,6 @@ def test_cli_resume_sharded(cli_4):
 ERRORS_SCRIPT = """
 import contextlib, io, json, sys
 from npgjax.train import main
-
 out = []
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()
