@@ -8,20 +8,11 @@ products avoid, so they are for small ``P``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import jax
 import jax.numpy as jnp
 
 from npgjax._tree import AxisName, check_mask, check_positive, materialize, sample_weights
-from npgjax.fisher import analytic_fisher_vector_product
+from npgjax.fisher import Array, DistFn, LogProbFn, PyTree, analytic_fisher_vector_product
 from npgjax.scores import score_matrix
-
-Array = jax.Array
-PyTree = Any
-LogProbFn = Callable[[PyTree, PyTree], Array]
-DistFn = Callable[[PyTree, PyTree], Any]
 
 __all__ = ["dense_analytic_fisher", "dense_fisher"]
 
