@@ -17,6 +17,11 @@ result), so only the rate over many seeds, with its interval, says anything.
     .venv/bin/python benchmarks/learning.py --env CartPole-v1 --algo npg --seeds 64
     .venv/bin/python benchmarks/learning.py --json results.json --curves curves.npz
     .venv/bin/python benchmarks/learning.py --set signal_power=2.0   # a candidate option
+    .venv/bin/python benchmarks/learning.py --xla-defaults   # plain jax.jit: other rounding
+
+Training is compiled with ``npgjax.rl.compiler_options()`` (on the CPU: LLVM O1, about
+half the compile time); ``--xla-defaults`` compiles with XLA's defaults instead, which
+rounds differently: the same seeds end differently, as on another CPU.
 
 ``--curves`` saves every row's per-update curves (``train_return``, ``eval_return``,
 ``kl``, ``entropy``, the KL bound used, ...; seeds x updates) to look at the failing seeds.
@@ -33,7 +38,7 @@ import jax
 import numpy as np
 from _machine import cpu_model, load_average
 
-from npgjax.rl import SOLVED_RETURNS, get_config, make_train, make_trainer
+from npgjax.rl import SOLVED_RETURNS, compiler_options, get_config, make_train, make_trainer
 
 ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1")
 
@@ -54,9 +59,10 @@ CURVES = ("train_return", "eval_return", "kl", "entropy", "max_kl", "explained_v
 
 
 def run(env: str, algo: str, seeds: int, steps: int, overrides: dict,
-        curves: dict | None = None, eval_final: int = 0) -> dict:
+        curves: dict | None = None, eval_final: int = 0, xla_defaults: bool = False) -> dict:
     cfg = get_config(env, algo, total_timesteps=steps, **overrides)
-    train = jax.jit(jax.vmap(make_train(cfg)))
+    train = jax.jit(jax.vmap(make_train(cfg)),
+                    compiler_options=None if xla_defaults else compiler_options())
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     t0 = time.perf_counter()
     compiled = train.lower(keys).compile()
@@ -111,13 +117,16 @@ def main() -> None:
     p.add_argument("--eval-final", type=int, default=0, metavar="N",
                    help="also evaluate each seed's final policy on N fresh episodes")
     p.add_argument("--curves", help="save the per-update curves of every row (npz) here")
+    p.add_argument("--xla-defaults", action="store_true",
+                   help="compile with XLA's default options, not npgjax.rl.compiler_options()")
     a = p.parse_args()
     from npgjax.cli.args import parse_set
 
     overrides = parse_set(a.set)
     envs, algos = a.env or list(ENVS), a.algo or ["npg", "trpo"]
     print(f"machine: {cpu_model()}, load {load_average()}, jax {jax.__version__} on "
-          f"{jax.devices()[0].platform}; {a.seeds} seeds, {a.steps:,} env steps"
+          f"{jax.devices()[0].platform}; {a.seeds} seeds, {a.steps:,} env steps; compiler "
+          f"options {'XLA defaults' if a.xla_defaults else compiler_options()}"
           + (f", overrides {overrides}" if overrides else ""))
     print("| env | algo | target | eval return at target [95% CI] | train return at target "
           "[95% CI] | crossed in training | compile / train s |"
@@ -126,7 +135,8 @@ def main() -> None:
     rows, curves = [], ({} if a.curves else None)
     for env in envs:
         for algo in algos:
-            r = run(env, algo, a.seeds, a.steps, overrides, curves, a.eval_final)
+            r = run(env, algo, a.seeds, a.steps, overrides, curves, a.eval_final,
+                    a.xla_defaults)
             more = (f" | {_rate(r['eval_final_at_target'], a.seeds, r['eval_final_interval'])}"
                     if a.eval_final else "")
             rows.append(r)
@@ -140,7 +150,9 @@ def main() -> None:
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": cpu_model(), "jax": jax.__version__,
-                       "load_average": load_average(), "overrides": overrides, "rows": rows},
+                       "load_average": load_average(), "overrides": overrides,
+                       "compiler_options": "XLA defaults" if a.xla_defaults
+                       else compiler_options(), "rows": rows},
                       f, indent=1)
 
 

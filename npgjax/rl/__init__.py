@@ -36,6 +36,7 @@ from npgjax.rl.trainer import (  # noqa: E402
     run_updates,
 )
 from npgjax.rl.wrappers import KeepObservations  # noqa: E402
+from npgjax.rl.xla import compiler_options  # noqa: E402
 
 __all__ = [
     "ALGORITHMS",
@@ -57,6 +58,7 @@ __all__ = [
     "TorsoHead",
     "Trainer",
     "VPGOptions",
+    "compiler_options",
     "default_target",
     "evaluate_policy",
     "get_config",
