@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check npgjax tests benchmarks notebooks docs .ci
-	$(BIN)/python -m pytest -n 2 -q --doctest-modules npgjax tests
+	$(BIN)/python -m pytest -n 2 -q --durations=15 --doctest-modules npgjax tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

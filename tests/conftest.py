@@ -3,17 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-
-# The suite compiles dozens of (often vmapped) trainers. LLVM O1, what
-# npgjax.rl.compiler_options() gives on the CPU, about halves their XLA compile time at
-# the same run time: measured, the whole suite took 11 min 44 s on 2 cores with XLA's
-# defaults (O3). XLA reads XLA_FLAGS when the backend starts, so this works as long as
-# nothing has computed yet; pytest-xdist workers and subprocesses inherit it. A test
-# that needs O3 passes {"xla_backend_optimization_level": 3} to compile (test_xla.py).
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = " ".join(
-        [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=1"]).strip()
 
 import jax
 import jax.numpy as jnp

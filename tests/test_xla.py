@@ -25,7 +25,7 @@ def test_xla_takes_the_options_and_training_agrees():
         lowered.compile({"no_such_xla_option": 1})
     cpu = jax.default_backend() == "cpu"
     fast = lowered.compile(compiler_options("cpu") if cpu else None)
-    # The reference at LLVM O3, XLA's default (explicit: conftest.py sets O1 for the suite).
+    # The reference at LLVM O3, XLA's default on the CPU (explicit, whatever XLA_FLAGS say).
     ref = lowered.compile({"xla_backend_optimization_level": 3} if cpu else None)
     (s_fast, m_fast), (s_ref, m_ref) = fast(keys), ref(keys)
     if cpu:  # really two programs: O1 rounds differently from O3 somewhere
