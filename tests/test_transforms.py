@@ -279,11 +279,15 @@ def test_default_cg_tol_is_float32_precision():
 
 
 def _overshooting_problem():
-    """float32, log-std -10 and observations x100: the quadratic model is far off."""
+    """The action at the mean, advantage +1: the step sharpens the Gaussian.
+
+    The KL of a log-std change d grows like exp(2|d|), not like the quadratic model's
+    d^2, so a large step overshoots its bound by the maths, not by rounding (an earlier
+    version of this problem, log-std -10 and observations x100, overshot only through
+    float32 rounding, and no longer did with LLVM O1 instead of O3).
+    """
     params, batch, dist_fn, log_prob_fn = make_problem("gaussian", key=0, n=1, dtype=jnp.float32)
-    params["log_std"] = params["log_std"] - 10.0
-    obs = batch["obs"] * 100
-    batch = {"obs": obs, "actions": dist_fn(params, {"obs": obs}).sample(jax.random.PRNGKey(7))}
+    batch = {"obs": batch["obs"], "actions": dist_fn(params, batch).mean}
     batch = dict(batch, adv=jnp.ones(1), old_logp=log_prob_fn(params, batch))
 
     def loss_fn(p, b):
@@ -296,16 +300,16 @@ def test_kl_guard_bounds_the_measured_kl():
     params, batch, dist_fn, loss_fn = _overshooting_problem()
     g = jax.grad(loss_fn)(params, batch)
     kl = npgjax.mean_kl(dist_fn)
-    plain = npgjax.npg(dist_fn=dist_fn, max_kl=0.01)
-    guarded = npgjax.npg(dist_fn=dist_fn, max_kl=0.01, max_kl_factor=1.5)
+    plain = npgjax.npg(dist_fn=dist_fn, max_kl=2.0)
+    guarded = npgjax.npg(dist_fn=dist_fn, max_kl=2.0, max_kl_factor=1.5)
     u, _ = plain.update(g, plain.init(params), params, batch=batch)
-    assert float(kl(optax.apply_updates(params, u), params, batch)) > 0.1  # the model fails
+    assert float(kl(optax.apply_updates(params, u), params, batch)) > 3.2  # the model fails
     u, s = jax.jit(lambda g: guarded.update(g, guarded.init(params), params, batch=batch))(g)
     measured = float(kl(optax.apply_updates(params, u), params, batch))
     d = npgjax.diagnostics(s)
-    assert 0 < measured <= 0.015 and bool(d["guard_accepted"]) and int(d["guard_tries"]) > 1
+    assert 0 < measured <= 3.0 and bool(d["guard_accepted"]) and int(d["guard_tries"]) > 1
     assert float(d["guard_kl"]) == pytest.approx(measured, rel=1e-3)
-    assert float(d["guard_proposed_kl"]) > 0.1
+    assert float(d["guard_proposed_kl"]) > 3.2
     assert npgjax.describe_status(d["guard_status"]) == ["KL_GUARD_SHRUNK"]
     with pytest.raises(ValueError, match="needs max_kl"):
         npgjax.npg(dist_fn=dist_fn, learning_rate=0.1, max_kl_factor=1.5)
