@@ -18,7 +18,7 @@ config for both), each side in a FRESH Python process:
   every ``eval_freq`` steps) reaches it.
 
 npgjax compiles with ``npgjax.rl.compiler_options()`` (its recommended ``jax.jit``
-options; on the CPU LLVM O1 instead of O3, about half the compile time) and rejax with
+options; on the CPU LLVM O1 instead of O3, about 0.6x the compile time) and rejax with
 XLA's defaults, as each library's user would; ``--npgjax-xla-defaults`` compiles npgjax
 with the defaults too, ``--rejax-compiler-options`` gives rejax npgjax's options.
 

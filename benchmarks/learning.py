@@ -20,7 +20,7 @@ result), so only the rate over many seeds, with its interval, says anything.
     .venv/bin/python benchmarks/learning.py --xla-defaults   # plain jax.jit: other rounding
 
 Training is compiled with ``npgjax.rl.compiler_options()`` (on the CPU: LLVM O1, about
-half the compile time); ``--xla-defaults`` compiles with XLA's defaults instead, which
+0.6x the compile time); ``--xla-defaults`` compiles with XLA's defaults instead, which
 rounds differently: the same seeds end differently, as on another CPU.
 
 ``--curves`` saves every row's per-update curves (``train_return``, ``eval_return``,

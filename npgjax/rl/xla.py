@@ -1,13 +1,14 @@
-"""XLA compiler options for training: about half the CPU compile time, the same speed.
+"""XLA compiler options for training: about 0.6x the CPU compile time, the same speed.
 
 XLA's CPU backend hands every fused kernel to LLVM at optimisation level 3 by default.
 Training code vmapped over seeds turns into many small batched loops, and LLVM's O3
 passes on them dominate the compile: for 16 seeds of CartPole-v1 NPG (the 100k-step
-run, one ``jax.jit(jax.vmap(train))``) XLA compiled in 13.0 s at the default and 6.3 s
-at level 1, and the update ran as fast (2-core AMD EPYC, jax 0.10.2;
+run, one ``jax.jit(jax.vmap(train))``) tracing and XLA's compile took 15.1 s at the
+default and 9.7 s at level 1 (medians of 3, ``benchmarks/compile_time.py``), and the run
+was as fast (2-core AMD EPYC, jax 0.10.2;
 ``benchmarks/compare_rejax.py`` and ``benchmarks/learning.py`` use these options). The
 heavy work (matrix products, convolutions) runs in XLA's runtime library either way.
-Level 0 halves the compile again but doubles the run time.
+Level 0 saves little more compile time and doubles the run time.
 
 Lower LLVM optimisation does change floating-point rounding (instruction selection and
 contraction differ), so the same seed can end differently, as it does on another CPU:
@@ -33,7 +34,7 @@ def compiler_options(backend: str | None = None) -> dict[str, Any]:
 
     Returns:
       On the CPU ``{"xla_backend_optimization_level": 1}`` (LLVM O1 instead of O3: about
-      half the compile time of a vmapped trainer, the same run time); elsewhere ``{}``,
+      0.6x the compile time of a vmapped trainer, the same run time); elsewhere ``{}``,
       XLA's defaults (not measured there).
 
     Examples:
