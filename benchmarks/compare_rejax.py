@@ -300,7 +300,7 @@ def summarise(rows: list[dict[str, Any]], seeds: int) -> list[str]:
                       and r.get("repeat", 0) == rep}
                 pairs.append((by["npgjax"], by["rejax"]))
             ratios = sorted(x["total_s"] / n["total_s"] for n, x in pairs)
-            cpu = sorted(x["cpu_s"] / n["cpu_s"] for n, x in pairs)
+            cpu = [x["cpu_s"] / n["cpu_s"] for n, x in pairs]
             ratio, n, x = statistics.median(ratios), *pairs[-1]
             seeds_ok = all(n["eval_at_target"] >= x["eval_at_target"] for n, x in pairs)
             each = ", ".join(f"{r:.2f}" for r in ratios)
@@ -311,8 +311,8 @@ def summarise(rows: list[dict[str, Any]], seeds: int) -> list[str]:
                        f"{n['train_at_target']}/{seeds}) vs {x['eval_at_target']}/{seeds} "
                        f"(rejax eval). Target >= 2x with at least as many seeds: "
                        f"{'met' if ratio >= 2 and seeds_ok else 'missed'}.")
-        comps = sorted(r["lower_s"] + r["compile_s"] for r in rows if r["env"] == env
-                       and r["side"] == "npgjax" and r["cache"] == "cold")
+        comps = [r["lower_s"] + r["compile_s"] for r in rows if r["env"] == env
+                 and r["side"] == "npgjax" and r["cache"] == "cold"]
         comp = statistics.median(comps)
         if env == "CartPole-v1" and seeds == 16:
             out.append(f"- CartPole-v1 npgjax cold compilation (trace + XLA compile): "
