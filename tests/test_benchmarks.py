@@ -1,0 +1,47 @@
+"""Smoke tests of the benchmark scripts' npgjax workers, on tiny budgets.
+
+``benchmarks/compare_sb3.py`` was once broken for three sessions (its worker called the
+compiled chunk without the chunk's first update index) because nothing ran it: these
+tests call its npgjax workers in-process with the zoo settings shrunk, so an interface
+change in the trainer or the command line's compile shows up here. sb3 itself is an
+optional extra and is not run.
+"""
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The zoo config shrunk: 2 envs x 16 steps, 4 updates, small critic and CG.
+TINY = {"num_steps": 16, "vf_minibatch": 16, "vf_epochs": 2, "cg_iters": 2, "hidden": [8]}
+
+
+@pytest.fixture(scope="module")
+def compare_sb3():
+    spec = importlib.util.spec_from_file_location(
+        "compare_sb3", ROOT / "benchmarks" / "compare_sb3.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_sb3_one_seed_worker(compare_sb3):
+    spec = {"t0": time.time(), "seed": 3, "total_timesteps": 128, "chunk_updates": 2,
+            "target": 475.0, "cache_label": "cold", "overrides": TINY}
+    r = compare_sb3.worker_npgjax(spec)
+    assert r["chunk_updates"] == 2 and r["chunks"] == 2
+    assert r["env_steps"] == 128 and len(r["returns"]) == 4
+    assert r["steps_per_s"] > 0 and r["ready_s"] >= r["import_s"] >= 0
+    assert r["solved"] is None  # 128 steps cannot reach 475
+
+
+def test_compare_sb3_vmapped_worker(compare_sb3):
+    spec = {"t0": time.time(), "seeds": [0, 1], "total_timesteps": 64, "target": 475.0,
+            "overrides": TINY}
+    r = compare_sb3.worker_npgjax_vmap(spec)
+    assert r["env_steps_per_seed"] == 64 and r["env_steps_total"] == 128
+    assert len(r["final_returns"]) == 2 and r["num_solved"] == 0
+    assert r["steps_per_s"] > 0 and r["compile_s"] > 0
