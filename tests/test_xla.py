@@ -59,3 +59,24 @@ def test_xla_takes_the_options_and_training_agrees():
     for a, b in zip(jax.tree.leaves(s_fast.pi_params), jax.tree.leaves(s_ref.pi_params),
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["one_device", "sharded"])
+def test_command_line_compiles_with_the_options(path, monkeypatch):
+    # Both of the command line's compile paths hand compiler_options() to XLA: with a
+    # name XLA does not know in it, compiling the chunk fails naming it.
+    from npgjax.cli.compile import compile_training
+    from npgjax.cli.devices import compile_sharded
+    from npgjax.rl import make_trainer
+    from npgjax.rl.mesh import make_mesh
+
+    monkeypatch.setattr("npgjax.rl.xla._CPU_OPTIONS", {"no_such_chunk_option": 1})
+    monkeypatch.setattr("npgjax.rl.xla.jax.default_backend", lambda: "cpu")
+    cfg = get_config("CartPole-v1", "npg", total_timesteps=96, num_envs=2, num_steps=16,
+                     vf_epochs=1, eval_every=0, hidden=(5,))  # memoised by no other test
+    keys = jax.random.split(jax.random.PRNGKey(0), 1)
+    with pytest.raises(Exception, match="no_such_chunk_option"):
+        if path == "sharded":
+            compile_sharded(cfg, make_mesh(1), keys, 3)
+        else:
+            compile_training(make_trainer(cfg), keys, 3)

@@ -35,7 +35,8 @@ def enable_compile_cache() -> str:
     return path
 
 
-_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+# init runs once: compiled without LLVM optimisation (also by cli/devices.py).
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 _EXPORT_SUBDIR = "npgjax-export"
 
 
@@ -146,7 +147,7 @@ def compile_training(
     # compiled without LLVM optimisation, which halves its compile time; the chunk with
     # npgjax.rl.compiler_options() (CPU: LLVM O1, about 0.6x O3's compile time).
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        init_future = pool.submit(init_lowered.compile, _INIT_COMPILER_OPTIONS)
+        init_future = pool.submit(init_lowered.compile, INIT_COMPILER_OPTIONS)
         flat_c = chunk_lowered.compile(compiler_options() or None)
         init_c = init_future.result()
     t2 = time.perf_counter()

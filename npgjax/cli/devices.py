@@ -114,9 +114,11 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
+    from npgjax.cli.compile import INIT_COMPILER_OPTIONS
     from npgjax.rl.mesh import put_global, seed_axis
     from npgjax.rl.sharding import make_sharded_trainer, state_sharding
     from npgjax.rl.trainer import run_updates
+    from npgjax.rl.xla import compiler_options
 
     t0 = time.perf_counter()
     sharded, axis = make_sharded_trainer(config, mesh), seed_axis(mesh)
@@ -134,7 +136,9 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int
     chunk_l = jax.jit(run_chunk, in_shardings=(s_state, rep), out_shardings=(s_state, rep)
                       ).lower(shapes, jax.ShapeDtypeStruct((), jax.numpy.int32))
     t1 = time.perf_counter()
-    init_c, chunk_c = init_l.compile(), chunk_l.compile()
+    # As the one-device path compiles (npgjax.cli.compile.compile_training).
+    init_c = init_l.compile(INIT_COMPILER_OPTIONS)
+    chunk_c = chunk_l.compile(compiler_options() or None)
     t2 = time.perf_counter()
 
     def init_fn(k: Any) -> Any:
