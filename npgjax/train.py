@@ -28,7 +28,8 @@ Outputs in ``--out`` (default ``runs/<env>-<algo>``):
 * ``summary.json``: the config, final training and evaluation returns per seed, their
   mean and std, how many seeds end at the target, timings (compilation separately),
   throughput, and the device.
-* ``checkpoint.pkl``: the training state of all seeds and the metrics so far.
+* ``checkpoint.msgpack`` and ``checkpoint.json``: the training state of all seeds and
+  the metrics so far (msgpack), the format version and the config (JSON); no pickle.
 * ``learning_curve.png`` and ``diagnostics.png`` (unless ``--no-plot``).
 
 Options: ``--set key=value`` sets any :class:`npgjax.rl.Config` field or option of the
