@@ -25,8 +25,9 @@ for step in $STEPS; do
            2>&1 | tee "$OUT/fvp_cost.log" ;;
     learning) timeout "${LEARNING_S:-200}" python3 benchmarks/learning.py \
                 --json "$OUT/learning.json" 2>&1 | tee "$OUT/learning.log" ;;
-    pytest) timeout "${PYTEST_S:-240}" python3 -m pytest -q -n 6 -p no:cacheprovider \
-              --timeout 200 --doctest-modules npgjax tests 2>&1 | tee "$OUT/pytest.log" ;;
+    pytest) timeout "${PYTEST_S:-480}" python3 -m pytest -q -rfE -n "${PYTEST_WORKERS:-14}" \
+              -p no:cacheprovider --timeout 300 --doctest-modules npgjax tests 2>&1 \
+              | tee "$OUT/pytest.log" ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -11,6 +11,8 @@ import pytest
 from npgjax.rl import CNN, MLP, make_networks
 from npgjax.rl.networks import PatchConv, orthogonal
 
+pytestmark = pytest.mark.usefixtures("full_f32_matmuls")  # conv vs patch matmul, not TF32
+
 
 class ConvCNN(nn.Module):
     """The reference: CNN's layers with flax.linen.Conv (auto-named Conv_0, Conv_1, MLP_0)."""

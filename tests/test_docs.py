@@ -333,7 +333,8 @@ def test_getting_started_lists_the_command_lines_options():
 
     text = (ROOT / "docs" / "getting-started.md").read_text()
     block = re.search(r"Its options, from `--help`:\n\n```text\n(.*?)```", text, re.S).group(1)
-    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, "-m", "npgjax.train", "--help"],
         capture_output=True, text=True, env=env, timeout=120, check=True,

@@ -153,7 +153,8 @@ def _run(code: str) -> subprocess.CompletedProcess:
         text=True,
         cwd=ROOT,
         timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
     )
 
 

@@ -171,7 +171,7 @@ def test_jit_vmap_and_chunking(x64):
     np.testing.assert_allclose(float(info.residual_norm), np.linalg.norm(flat(g)))
 
 
-def test_float32():
+def test_float32(full_f32_matmuls):
     params, batch, lp = policy_problem(dtype="float32")
     g = random_like(params)
     x, info = jitted(lp)(params, batch, g, 1e-2, None)
@@ -248,7 +248,7 @@ def test_sample_space_solver_bad_input():
         tx.update(random_like(params), tx.init(params), params, batch=batch)
 
 
-def test_rl_option_matches_long_cg():
+def test_rl_option_matches_long_cg(full_f32_matmuls):
     """The RL layer's ``solver="sample_space"`` (empirical Fisher, MLP): the same training
     as CG run to convergence; unsupported Fisher sources and networks are errors."""
     from npgjax.rl import get_config, make_train

@@ -57,7 +57,8 @@ print(json.dumps(specs))
 def _env(devices: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPGJAX_")}
     flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
-    env.update(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env.update(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+        filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     return env
 
 
@@ -190,9 +191,12 @@ def test_cli_errors(tmp_path):
 
 def test_cli_errors_one_device(tmp_path):
     """In this process (one device): more devices than exist, a half-given multi-host."""
+    import jax
+
     from npgjax.train import main
 
-    for extra, message in ((["--devices", "2"], "--devices 2: only 1 device (cpu) exist"),
+    only = f"--devices 2: only 1 device ({jax.default_backend()}) exist"
+    for extra, message in ((["--devices", "2"], only),
                            (["--num-processes", "2"], "several processes need")):
         err = io.StringIO()
         with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:

@@ -49,8 +49,8 @@ def make_mesh(
 
     Examples:
       >>> from npgjax.rl.mesh import make_mesh
-      >>> make_mesh(1).shape
-      OrderedDict([('envs', 1)])
+      >>> dict(make_mesh(1).shape)
+      {'envs': 1}
     """
     if shard not in SHARD_MODES:
         raise ValueError(f"shard must be one of {SHARD_MODES}, got {shard!r}")
