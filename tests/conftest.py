@@ -22,6 +22,13 @@ import pytest  # noqa: E402
 import npgjax  # noqa: E402
 
 
+def pythonpath() -> str:
+    """``PYTHONPATH`` for a subprocess: the repository first, then the caller's (packages
+    installed with ``pip --target``, as on the GPU machine, stay importable)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+
+
 @pytest.fixture
 def x64():
     """Run the test body with float64 enabled."""

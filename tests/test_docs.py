@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from .conftest import pythonpath
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -333,8 +335,7 @@ def test_getting_started_lists_the_command_lines_options():
 
     text = (ROOT / "docs" / "getting-started.md").read_text()
     block = re.search(r"Its options, from `--help`:\n\n```text\n(.*?)```", text, re.S).group(1)
-    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": pythonpath()}
     proc = subprocess.run(
         [sys.executable, "-m", "npgjax.train", "--help"],
         capture_output=True, text=True, env=env, timeout=120, check=True,

@@ -19,6 +19,8 @@ import pytest
 
 import npgjax
 
+from .conftest import pythonpath
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -153,8 +155,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
         text=True,
         cwd=ROOT,
         timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": pythonpath()},
     )
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .conftest import pythonpath
+
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"num_envs": 8, "num_steps": 16, "total_timesteps": 512, "hidden": (16,),
             "vf_epochs": 1, "eval_every": 2, "eval_episodes": 4}
@@ -57,8 +59,7 @@ print(json.dumps(specs))
 def _env(devices: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPGJAX_")}
     flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
-    env.update(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-        filter(None, [str(ROOT), env.get("PYTHONPATH")])))
+    env.update(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu", PYTHONPATH=pythonpath())
     return env
 
 
