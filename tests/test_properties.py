@@ -6,8 +6,9 @@ that keep every sample, one sample or none, N from 1 to 64. Shapes come in a few
 buckets so that each bucket compiles once; only values change between examples.
 
 Properties: no NaN in the parameters (finite inputs); TRPO's accepted KL at most
-max_kl; zero gradient -> zero update; the natural direction within 90 degrees of the
-gradient; no recompilation when only batch values change; bitwise determinism.
+max_kl (recomputed by the test: up to the float32 rounding bound of _within_kl); zero
+gradient -> zero update; the natural direction within 90 degrees of the gradient; no
+recompilation when only batch values change; bitwise determinism.
 """
 
 from __future__ import annotations
@@ -110,6 +111,34 @@ def problems(draw):
     return head, params, batch, jnp.float32(max_kl)
 
 
+EPS = float(jnp.finfo(jnp.float32).eps)
+
+
+def _out_err(net, obs):
+    """Bound on the float32 rounding error of ``mlp``'s outputs, in any summation order
+    (a dot of length k errs by at most (k + 1) eps times the sum of |terms|)."""
+    first, last = net
+    a = jnp.abs(obs) @ jnp.abs(first["w"]) + jnp.abs(first["b"])
+    err_h = (OBS + 2) * EPS * a + 2 * EPS  # pre-activation, then tanh: 1-Lipschitz
+    h = jnp.minimum(a, 1.0)  # |tanh z| <= min(|z|, 1)
+    w = jnp.abs(last["w"])
+    return err_h @ w + (HIDDEN + 2) * EPS * (h @ w + jnp.abs(last["b"]))
+
+
+def _within_kl(head, kl, bound, new, old, batch) -> bool:
+    """``kl`` (the test's own computation) <= ``bound`` (the transform's, on its own
+    numbers), up to the float32 rounding of the two computations. With tiny stds and
+    huge means the KL is below float32's resolution and two programs round it
+    differently (an NVIDIA H200: 0.21 against 0.15); on the CPU they agree to 1e-4."""
+    err = 2 * (_out_err(new["net"], batch["obs"]) + _out_err(old["net"], batch["obs"]))
+    bound = float(bound) * (1 + 1e-4) + 8 * ACT * EPS
+    if head == "categorical":  # log-softmax errs by at most twice the logits' error
+        return float(kl) <= bound + float(jnp.mean(2 * jnp.max(err, axis=-1)))
+    # sqrt(2 KL) is a norm of the mean gap / std: the triangle inequality.
+    r = jnp.sqrt(jnp.mean(jnp.sum((err / jnp.exp(new["log_std"])) ** 2, axis=-1)))
+    return float(jnp.sqrt(2 * float(kl))) <= np.sqrt(2 * bound) + float(r)
+
+
 def _finite(tree) -> bool:
     return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
 
@@ -148,13 +177,13 @@ def test_update_properties(problem):
     _, _, kl, diag = out["trpo"]
     if bool(diag["ls_accepted"]):
         assert float(diag["ls_kl"]) <= float(max_kl)
-        assert float(kl) <= float(max_kl) * (1 + 1e-4), (float(kl), float(max_kl))
+        assert _within_kl(head, kl, max_kl, out["trpo"][1], params, batch), (float(kl), max_kl)
     else:
         assert bool(jnp.all(_flat(out["trpo"][0]) == 0))
     _, _, kl, diag = out["guard"]
     if bool(diag["guard_accepted"]):
         assert float(diag["guard_kl"]) <= 1.5 * float(max_kl)
-        assert float(kl) <= 1.5 * float(max_kl) * (1 + 1e-4)
+        assert _within_kl(head, kl, 1.5 * max_kl, out["guard"][1], params, batch), float(kl)
 
 
 def test_no_recompilation_across_examples():
