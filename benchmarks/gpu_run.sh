@@ -3,7 +3,8 @@
 # flax, optax, chex, pytest and hypothesis (how the figures of benchmarks/README.md's GPU
 # section were made). Missing pure-Python packages (gymnax, gymnasium, ...) may be
 # given as wheels in .whl/. Logs and JSON go to $OUT (default runs/gpu). STEPS picks
-# what runs, in order (default: throughput fvp pytest; also: learning).
+# what runs, in order (default: throughput fvp pytest; also: learning, and learning-cpu:
+# the six learning rows on the host's CPU, 2 cores each, 6 processes at once).
 set -u
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -25,6 +26,15 @@ for step in $STEPS; do
            2>&1 | tee "$OUT/fvp_cost.log" ;;
     learning) timeout "${LEARNING_S:-200}" python3 benchmarks/learning.py \
                 --json "$OUT/learning.json" 2>&1 | tee "$OUT/learning.log" ;;
+    learning-cpu)  # the six rows on the host's CPU: one process per row, 2 cores each
+      i=0
+      for env in CartPole-v1 Pendulum-v1 Acrobot-v1; do for algo in npg trpo; do
+        JAX_PLATFORMS=cpu taskset -c $((2 * i))-$((2 * i + 1)) timeout "${LEARNING_S:-200}" \
+          python3 benchmarks/learning.py --env $env --algo $algo \
+          --json "$OUT/learning-cpu-$env-$algo.json" > "$OUT/learning-cpu-$env-$algo.log" 2>&1 &
+        i=$((i + 1))
+      done; done
+      wait; head -1 "$OUT/learning-cpu-CartPole-v1-npg.log"; grep -h "^| [CPA]" "$OUT"/learning-cpu-*.log ;;
     pytest) timeout "${PYTEST_S:-480}" python3 -m pytest -q -rfE -n "${PYTEST_WORKERS:-14}" \
               -p no:cacheprovider --timeout 300 --doctest-modules npgjax tests 2>&1 \
               | tee "$OUT/pytest.log" ;;

@@ -225,6 +225,9 @@ import jax
 from npgjax.rl import get_config, make_trainer
 trainer = make_trainer(get_config("Pendulum-v1", num_envs=2, num_steps=8))
 init = jax.jit(jax.vmap(trainer.init))
+# Compile first: under a loaded machine compiling alone took over the watchdog's 20 s
+# (a hang there still fails, by the subprocess timeout).
+jax.block_until_ready(init(jax.random.split(jax.random.PRNGKey(150), 8)))
 last = [time.time()]
 def watchdog():
     while True:

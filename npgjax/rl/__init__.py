@@ -10,7 +10,8 @@ _missing = [m for m in ("gymnax", "flax") if _util.find_spec(m) is None]
 if _missing:
     raise ImportError(
         f"npgjax.rl needs {' and '.join(_missing)}, which the core install leaves out: "
-        "pip install 'npgjax[rl]'"
+        "pip install 'npgjax[rl]' (or 'npgjax[train]' for the command line's figures, "
+        "progress bar and traced-chunk cache too)"
     )
 
 from npgjax.rl.algos import (  # noqa: E402

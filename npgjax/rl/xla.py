@@ -35,7 +35,8 @@ def compiler_options(backend: str | None = None) -> dict[str, Any]:
     Returns:
       On the CPU ``{"xla_backend_optimization_level": 1}`` (LLVM O1 instead of O3: about
       0.6x the compile time of a vmapped trainer, the same run time); elsewhere ``{}``,
-      XLA's defaults (not measured there).
+      XLA's defaults (on an NVIDIA H200 level 1 compiled the 16-seed CartPole-v1 program
+      in 12.4 s against 13.1 s: not worth other rounding; TPUs not measured).
 
     Examples:
       >>> import jax
