@@ -298,6 +298,8 @@ def _npgjax_setup(spec: dict[str, Any]) -> tuple[Any, Any, float]:
     """Import jax with the persistent compilation cache in spec["cache_dir"]; config."""
     import jax
 
+    if spec.get("tasks"):  # two host devices for --shard tasks, before JAX starts
+        jax.config.update("jax_num_cpu_devices", 2)
     if spec.get("cache_dir"):
         # What npgjax.train does (directory from $NPGJAX_CACHE_DIR there): cache every
         # executable, however small or quick to compile.
@@ -321,7 +323,15 @@ def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
     from npgjax.rl import make_trainer
     from npgjax.train import choose_chunk_updates, compile_training
 
-    trainer = make_trainer(config)
+    mesh = None
+    if spec.get("tasks"):  # the policy step and the critic fit on two devices at once
+        from npgjax.rl import make_mesh
+        from npgjax.rl.tasks import make_task_trainer
+
+        mesh = make_mesh(2, "tasks")
+        trainer = make_task_trainer(config, mesh)
+    else:
+        trainer = make_trainer(config)
     K = choose_chunk_updates(config.num_updates, spec["chunk_updates"])
     n_chunks = config.num_updates // K
     B = config.batch_size
@@ -329,7 +339,7 @@ def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
     keys = jax.random.PRNGKey(spec["seed"])[None]
     t_c0 = time.time()
     init_c, chunk_c, trace_s, xla_s, _ = compile_training(trainer, keys, K,
-                                                          spec.get("cache_dir"))
+                                                          spec.get("cache_dir"), mesh=mesh)
     t_c2 = time.time()
     state = init_c(keys)
     returns: list[float] = []
@@ -383,7 +393,13 @@ def worker_npgjax_vmap(spec: dict[str, Any]) -> dict[str, Any]:
 
     seeds = spec["seeds"]
     keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in seeds])
-    train = jax.jit(jax.vmap(make_train(config)), compiler_options=compiler_options())
+    if spec.get("tasks"):
+        from npgjax.rl import make_sharded_train
+
+        train = jax.jit(make_sharded_train(config, devices=2, shard="tasks", seeds=len(seeds)),
+                        compiler_options=compiler_options())
+    else:
+        train = jax.jit(jax.vmap(make_train(config)), compiler_options=compiler_options())
     t_c0 = time.time()
     lowered = train.lower(keys)
     t_l = time.time()
@@ -461,6 +477,8 @@ def worker_main(kind: str, spec_json: str) -> None:
 MODES = {
     "default": "default threads (torch and XLA pick their own; nothing pinned)",
     "1core": "one core each (process pinned to one CPU; torch.set_num_threads(1))",
+    "tasks": "default threads; npgjax runs each update's policy step and critic fit side by "
+             "side on 2 host devices (--shard tasks)",
 }
 
 
@@ -625,7 +643,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cpu-modes", nargs="+", choices=sorted(MODES),
                         default=["default", "1core"],
                         help="'default': both libraries pick their threads; '1core': every "
-                        "process pinned to one CPU, torch.set_num_threads(1) (default: both)")
+                        "process pinned to one CPU, torch.set_num_threads(1); 'tasks': as "
+                        "default, npgjax with --shard tasks on 2 host devices (default: "
+                        "default 1core)")
     parser.add_argument("--total-timesteps", type=int, default=None,
                         help=f"env steps per seed (default {TOTAL_TIMESTEPS:,})")
     parser.add_argument("--chunk-updates", type=int, default=1,
@@ -687,7 +707,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for mode in modes:
                 print(f"\nseed {seed}, {MODES[mode]}")
                 r = runs[mode][seed] = {}
-                mspec = dict(common, seed=seed, one_core=mode == "1core")
+                mspec = dict(common, seed=seed, one_core=mode == "1core", tasks=mode == "tasks")
                 if not args.skip_sb3:
                     r["sb3"] = run_worker("sb3", mspec)
                     print_run("sb3-contrib TRPO", r["sb3"])
@@ -706,7 +726,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"\nnpgjax, {n_vmap} seeds vmapped in one jit, {MODES[mode]}")
                 vm = vmaps[mode] = run_worker("npgjax-vmap", dict(
                     common, seeds=list(range(n_vmap)), cache_dir=cache,
-                    one_core=mode == "1core"))
+                    one_core=mode == "1core", tasks=mode == "tasks"))
                 if "error" in vm:
                     print(f"  FAILED: {vm['error'][:2000]}")
                 else:

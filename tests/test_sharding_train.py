@@ -44,7 +44,8 @@ keys = jax.random.split(jax.random.PRNGKey(0), 2)
 out = {f"ref/{k}": v for k, v in jax.jit(jax.vmap(make_train(cfg)))(keys)[1].items()}
 specs = {}
 for name, kw in {"envs": dict(devices=4, shard="envs"), "seeds": dict(devices=2, shard="seeds"),
-                 "both": dict(devices=4, shard="both")}.items():
+                 "both": dict(devices=4, shard="both"), "tasks": dict(devices=2, shard="tasks")
+                 }.items():
     train = jax.jit(make_sharded_train(cfg, seeds=2, **kw))
     state, m = train(keys)
     again = train(keys)[1]
@@ -85,7 +86,7 @@ def _close(name: str, a: np.ndarray, b: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    """One device, and envs / seeds / both sharded, run twice each, on 4 host devices."""
+    """One device, and envs / seeds / both / tasks sharded, run twice each, on 4 host devices."""
     path = tmp_path_factory.mktemp("sharding") / "metrics.npz"
     proc = _run(["-c", LIB_SCRIPT, str(path), json.dumps(SETTINGS)], 4)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -116,7 +117,7 @@ def cli_4(tmp_path_factory):
     return out, procs[0].stdout, split
 
 
-@pytest.mark.parametrize("mode", ["envs", "seeds", "both"])
+@pytest.mark.parametrize("mode", ["envs", "seeds", "both", "tasks"])
 def test_sharded_equals_one_device(lib, mode):
     runs, specs = lib
     ref, got = runs["ref"], runs[mode]
@@ -127,11 +128,12 @@ def test_sharded_equals_one_device(lib, mode):
     # The state really is split: the observations' axes over the mesh.
     expect = {"envs": ["P(None, 'envs')", 4],
               "seeds": ["P('seeds',)", 2],
-              "both": ["P('seeds', 'envs')", 4]}[mode]
+              "both": ["P('seeds', 'envs')", 4],
+              "tasks": ["P()", 2]}[mode]  # replicated: each device runs one half
     assert specs[mode] == expect
 
 
-@pytest.mark.parametrize("mode", ["envs", "seeds", "both"])
+@pytest.mark.parametrize("mode", ["envs", "seeds", "both", "tasks"])
 def test_sharded_deterministic(lib, mode):
     runs, _ = lib
     for name, value in runs[mode].items():
@@ -197,7 +199,8 @@ def test_cli_errors_one_device(tmp_path):
     from npgjax.train import main
 
     only = f"--devices 2: only 1 device ({jax.default_backend()}) exist"
-    for extra, message in ((["--devices", "2"], only),
+    # --shard tasks cannot make 2 host devices once JAX has started (as here).
+    for extra, message in ((["--devices", "2"], only), (["--shard", "tasks"], only),
                            (["--num-processes", "2"], "several processes need")):
         err = io.StringIO()
         with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
@@ -239,3 +242,64 @@ def test_two_processes(cli_4, tmp_path):
     one, two = _csv(cli_4[0] / "metrics.csv"), _csv(out / "metrics.csv")
     for name in one:
         _close(name, one[name], two[name])
+
+
+@pytest.mark.parametrize("shard", ["tasks", "seeds"])
+def test_cli_host_devices(lib, tmp_path, shard):
+    """``--shard tasks`` and ``--devices 2`` make their own 2 host devices (no XLA_FLAGS
+    here) and match the one-device run to float tolerance."""
+    env = _env(1)
+    env["XLA_FLAGS"] = env["XLA_FLAGS"].replace(
+        "--xla_force_host_platform_device_count=1", "").strip()
+    out = tmp_path / shard
+    extra = ["--shard", "tasks"] if shard == "tasks" else ["--devices", "2"]
+    proc = subprocess.run([sys.executable, "-m", "npgjax.train", *CLI, *extra,
+                           "--out", str(out)], env=env, cwd=ROOT, text=True,
+                          capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"x 2, {shard} sharded, 1 process" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"]["devices_used"] == 2 and summary["device"]["shard"] == shard
+    metrics, ref = _csv(out / "metrics.csv"), lib[0]["ref"]
+    as_csv = np.vectorize(lambda v: float(format(v, ".9g")))
+    for name in ref:
+        _close(name, as_csv(np.asarray(ref[name], np.float64)), metrics[name])
+
+
+def test_swap_results_exact():
+    """Every dtype survives the packing into 32-bit words bit for bit (a 1-device mesh:
+    the psum adds nothing), NaN payloads, -0.0 and infinities included."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    from npgjax.rl.mesh import make_mesh
+    from npgjax.rl.tasks import TASK_AXIS, swap_results
+
+    f32 = np.array([np.nan, -0.0, np.inf, -np.inf, 1e-45, 3.0], np.float32)
+    f32[0] = np.frombuffer(np.uint32(0x7FC12345).tobytes(), np.float32)[0]  # NaN payload
+    tree = {"f32": f32, "i32": np.array([-(2**31), -1, 7], np.int32),
+            "u32": np.array([2**32 - 1, 0], np.uint32), "b": np.array([True, False, True]),
+            "i8": np.array([-128, 127, -1], np.int8), "f16": np.array([-0.0, 65504, 1e-7],
+                                                                      np.float16),
+            "bf16": jnp.array([-2.5, 1e30], jnp.bfloat16), "scalar": np.float32(-1.5),
+            "empty": np.zeros((0, 3), np.float32), "nested": (np.arange(6, dtype=np.int32)
+                                                             .reshape(2, 3),)}
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), (TASK_AXIS,))
+    out = jax.jit(jax.shard_map(swap_results, mesh=mesh, in_specs=P(), out_specs=P()))(tree)
+    assert jax.tree.structure(out) == jax.tree.structure(tree)
+    for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(out), strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()
+    with pytest.raises(ValueError, match="exactly 2 devices; got 1"):
+        make_mesh(1, "tasks")
+
+
+def test_task_trainer_needs_task_mesh():
+    from npgjax.rl import get_config
+    from npgjax.rl.mesh import make_mesh
+    from npgjax.rl.tasks import make_task_trainer
+
+    with pytest.raises(ValueError, match="one axis 'tasks' of 2 devices"):
+        make_task_trainer(get_config("CartPole-v1", num_envs=2), make_mesh(1, "envs"))

@@ -248,12 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "exported training chunk)")
     parser.add_argument("--devices", type=_positive_int, default=None, metavar="N",
                         help="devices to train on (default: all; with several processes, "
-                        "all of theirs)")
-    parser.add_argument("--shard", choices=("seeds", "envs", "both"), default="seeds",
+                        "all of theirs; on a CPU, N > 1 makes N host devices, which run "
+                        "side by side on its cores)")
+    parser.add_argument("--shard", choices=("seeds", "envs", "both", "tasks"),
+                        default="seeds",
                         help="what is split over the devices: the seeds (independent runs "
                         "side by side), the environments of each seed (one policy, a "
-                        "global batch of num_envs * num_steps) or both (a 2-D mesh) "
-                        "(default: %(default)s)")
+                        "global batch of num_envs * num_steps), both (a 2-D mesh), or "
+                        "each update's policy step and critic fit, side by side on 2 "
+                        "devices ('tasks'; on a CPU it makes 2 host devices; fastest for "
+                        "one small seed on 2 cores) (default: %(default)s)")
     dist = parser.add_argument_group(
         "many hosts", "one process per host, started with the same options; each drives "
         "its local devices and process 0 writes the outputs (also from the environment "

@@ -40,7 +40,8 @@ INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 _EXPORT_SUBDIR = "npgjax-export"
 
 
-def _export_path(export_dir: str, config: Any, keys: Any, chunk: int) -> Path:
+def _export_path(export_dir: str, config: Any, keys: Any, chunk: int, mesh: Any = None
+                 ) -> Path:
     """Where the exported chunk for this config, device, code and versions lives."""
     import jax
 
@@ -57,13 +58,12 @@ def _export_path(export_dir: str, config: Any, keys: Any, chunk: int) -> Path:
         h.update(path.read_bytes())
     device = jax.devices()[0]
     h.update(repr((config, tuple(keys.shape), str(keys.dtype), chunk, versions,
-                   device.platform, device.device_kind)).encode())
+                   device.platform, device.device_kind, mesh)).encode())
     return Path(export_dir) / _EXPORT_SUBDIR / f"{h.hexdigest()[:40]}.jaxexport"
 
 
-def _exported_chunk(flat_chunk: Any, leaves: list[Any], path: Path | None) -> tuple[Any, str]:
+def _exported_chunk(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[Any, str]:
     """``jax.export`` of the chunk: read from ``path``, else traced (and saved there)."""
-    import jax
     from jax import export
 
     if path is not None and path.exists():
@@ -72,7 +72,7 @@ def _exported_chunk(flat_chunk: Any, leaves: list[Any], path: Path | None) -> tu
         except Exception:  # corrupt or unreadable (e.g. flatbuffers missing): re-export
             pass
     try:
-        exp = export.export(jax.jit(flat_chunk))(*leaves)
+        exp = export.export(jitted)(*leaves)
     except Exception:  # something jax.export does not support: plain jit
         return None, "off"
     if path is None:
@@ -88,7 +88,7 @@ def _exported_chunk(flat_chunk: Any, leaves: list[Any], path: Path | None) -> tu
 
 
 def compile_training(
-    trainer: Any, keys: Any, chunk: int, export_dir: str | None = None
+    trainer: Any, keys: Any, chunk: int, export_dir: str | None = None, mesh: Any = None
 ) -> tuple[Any, Any, float, float, bool]:
     """Compile ``vmap(trainer.init)`` and a ``chunk``-update ``lax.scan``, ahead of time.
 
@@ -107,6 +107,9 @@ def compile_training(
       chunk: updates per call of the chunk.
       export_dir: directory for exported chunks (the CLI uses its compilation-cache
         directory), or None to keep them in memory only.
+      mesh: for a trainer whose update runs on a mesh with everything replicated
+        (:func:`npgjax.rl.tasks.make_task_trainer`): both programs then take and
+        return values replicated over it.
 
     Returns:
       ``(init, run_chunk, tracing seconds, XLA seconds, memoised)``: ``init(keys) ->
@@ -119,7 +122,7 @@ def compile_training(
     import jax
 
     config = trainer.config
-    memo_key = (config, int(keys.shape[0]), chunk)
+    memo_key = (config, int(keys.shape[0]), chunk, None if mesh is None else mesh.size)
     if memo_key in _COMPILED:
         init_c, chunk_c, _, _ = _COMPILED[memo_key]
         return init_c, chunk_c, 0.0, 0.0, True
@@ -127,8 +130,12 @@ def compile_training(
     from npgjax.rl.trainer import run_updates
     from npgjax.rl.xla import compiler_options
 
+    jit_kw: dict[str, Any] = {}
+    if mesh is not None:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        jit_kw = {"in_shardings": replicated, "out_shardings": replicated}
     t0 = time.perf_counter()
-    init_lowered = jax.jit(jax.vmap(trainer.init)).lower(keys)
+    init_lowered = jax.jit(jax.vmap(trainer.init), **jit_kw).lower(keys)
     leaves, treedef = jax.tree.flatten(init_lowered.out_info)
     start_info = jax.ShapeDtypeStruct((), jax.numpy.int32)
 
@@ -137,11 +144,11 @@ def compile_training(
             jax.tree.unflatten(treedef, flat))
         return tuple(jax.tree.leaves(state)), metrics
 
-    path = None if export_dir is None else _export_path(export_dir, config, keys, chunk)
-    exported, how = _exported_chunk(flat_chunk, [start_info, *leaves], path)
-    chunk_lowered = jax.jit(exported.call if exported is not None else flat_chunk).lower(
-        start_info, *leaves
-    )
+    path = None if export_dir is None else _export_path(
+        export_dir, config, keys, chunk, None if mesh is None else dict(mesh.shape))
+    exported, how = _exported_chunk(jax.jit(flat_chunk, **jit_kw), [start_info, *leaves], path)
+    chunk_lowered = jax.jit(exported.call if exported is not None else flat_chunk,
+                            **jit_kw).lower(start_info, *leaves)
     t1 = time.perf_counter()
     # XLA compiles the two side by side (it releases the GIL); init runs once, so it is
     # compiled without LLVM optimisation, which halves its compile time; the chunk with

@@ -9,6 +9,7 @@ the same program on its part of the mesh, and process 0 writes the outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from typing import Any
 
@@ -19,15 +20,20 @@ __all__ = ["choose_mesh", "compile_sharded", "host_state", "init_distributed", "
 
 
 def init_distributed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """``jax.distributed.initialize`` when this is one process of several.
+    """``jax.distributed.initialize`` when this is one process of several; else host devices.
 
     Call it before any other JAX call. ``--coordinator``, ``--num-processes`` and
     ``--process-id`` (or ``NPGJAX_COORDINATOR``, ``NPGJAX_NUM_PROCESSES`` and
     ``NPGJAX_PROCESS_ID``) go together; none of them means one process. On CPUs the
-    processes exchange data through gloo.
+    processes exchange data through gloo. In one process, ``--devices N`` (N > 1) or
+    ``--shard tasks`` make N (or 2) host devices on a CPU.
     """
     given = (args.coordinator, args.num_processes, args.process_id)
+    if args.shard == "tasks" and any(v is not None for v in given):
+        parser.error("--shard tasks runs in one process: leave out --coordinator, "
+                     "--num-processes and --process-id")
     if all(v is None for v in given):
+        _host_devices(2 if args.shard == "tasks" else (args.devices or 1))
         return
     if any(v is None for v in given):
         parser.error("several processes need --coordinator, --num-processes and "
@@ -43,6 +49,27 @@ def init_distributed(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     # Collectives between CPU processes (no effect on GPUs and TPUs).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def _host_devices(n: int) -> None:
+    """``n`` CPU (host) devices when more than one is asked for (``--devices N``, or 2 for
+    ``--shard tasks``), unless the user or XLA_FLAGS chose a count already.
+
+    Host devices share the CPU's cores, but each runs its own program at the same time as
+    the others (``benchmarks/host_devices.py``). On a GPU or TPU machine this touches only
+    the CPU backend. Only possible before JAX's backends start; afterwards (``main``
+    called again in one process) the devices stay as they are and :func:`choose_mesh`
+    says if too few exist.
+    """
+    import os
+
+    import jax
+
+    if (n < 2 or jax.config.jax_num_cpu_devices != -1
+            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+        return
+    with contextlib.suppress(RuntimeError):  # backends already initialised
+        jax.config.update("jax_num_cpu_devices", n)
 
 
 def is_writer() -> bool:
@@ -72,6 +99,11 @@ def choose_mesh(args: argparse.Namespace, config: Any, parser: argparse.Argument
 
     total, procs = jax.device_count(), jax.process_count()
     n = total if args.devices is None else args.devices
+    if args.shard == "tasks":  # the policy step and the critic fit: 2 devices
+        n = 2 if args.devices is None else args.devices
+        if n != 2:
+            parser.error(f"--shard tasks: --devices {n}: the policy step and the critic fit "
+                         "run side by side on exactly 2 devices")
     if n > total:
         parser.error(f"--devices {n}: only {total} device{'s' * (total > 1)} "
                      f"({jax.devices()[0].platform}) exist here; use --devices {total} "
@@ -79,7 +111,7 @@ def choose_mesh(args: argparse.Namespace, config: Any, parser: argparse.Argument
     if procs > 1 and n != total:
         parser.error(f"--devices {n}: with {procs} processes every device takes part; "
                      f"use --devices {total} (or leave it out)")
-    if n == 1 and procs == 1:
+    if n == 1 and procs == 1 and args.shard != "tasks":
         return None
     mesh = make_mesh(n, args.shard)
     try:

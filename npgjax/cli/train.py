@@ -183,15 +183,19 @@ def _train(run: Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: s
     ckpt = resume(run, trainer, keys, parser) if args.resume else None
     chunk_fn, t_trace, t_xla, memo = None, 0.0, 0.0, False
     if run.chunks_done < run.n_chunks:  # nothing to compile when resuming a finished run
-        if run.mesh is None:
+        if run.mesh is None or args.shard == "tasks":  # tasks: everything replicated
+            if args.shard == "tasks":
+                from npgjax.rl.tasks import make_task_trainer
+
+                trainer = make_task_trainer(config, run.mesh)
             init_fn, chunk_fn, t_trace, t_xla, memo = compile_training(
-                trainer, keys, run.chunk, cache_dir)
+                trainer, keys, run.chunk, cache_dir, mesh=run.mesh)
         else:
             init_fn, chunk_fn, run.shardings, t_trace, t_xla = devices.compile_sharded(
                 config, run.mesh, keys, run.chunk)
     # A resumed state goes through the same compiled chunk as a fresh one: the PRNG key
     # lives in the state, so the continuation is bit-identical to an uninterrupted run.
-    if ckpt and run.mesh is not None:
+    if ckpt and run.shardings is not None:
         from npgjax.rl.mesh import put_global
 
         run.state = put_global(ckpt["state"], run.shardings[1])

@@ -21,8 +21,10 @@ PyTree = Any
 
 __all__ = ["SHARD_MODES", "check_divisible", "make_mesh", "put_global", "seed_axis"]
 
-#: What can be sharded: the environments, the seeds, or both (a 2-D mesh).
-SHARD_MODES = ("envs", "seeds", "both")
+#: What can be split over devices: the environments, the seeds, both (a 2-D mesh), or
+#: the two halves of each update (``"tasks"``: policy step and critic fit, 2 devices).
+SHARD_MODES = ("envs", "seeds", "both", "tasks")
+
 
 def make_mesh(
     devices: Sequence[jax.Device] | int | None = None,
@@ -30,12 +32,13 @@ def make_mesh(
     *,
     seed_devices: int | None = None,
 ) -> Mesh:
-    """A mesh with the axes ``shard`` names: ``("envs",)``, ``("seeds",)`` or both.
+    """A mesh with the axes ``shard`` names: ``("envs",)``, ``("seeds",)``, both, or ``("tasks",)``.
 
     Args:
       devices: the devices, or how many of ``jax.devices()`` to take (the first ones);
         None for all of them.
-      shard: ``"envs"``, ``"seeds"`` or ``"both"``.
+      shard: ``"envs"``, ``"seeds"``, ``"both"`` or ``"tasks"`` (exactly 2 devices: see
+        :mod:`npgjax.rl.tasks`).
       seed_devices: with ``shard="both"``, the size of the ``"seeds"`` axis (default:
         the largest divisor of the device count not above its square root); the
         ``"envs"`` axis takes the rest.
@@ -44,8 +47,8 @@ def make_mesh(
       A :class:`jax.sharding.Mesh` (``Auto`` axes: XLA propagates the shardings).
 
     Raises:
-      ValueError: an unknown ``shard``, more devices than exist, or a ``seed_devices``
-        that does not divide the device count.
+      ValueError: an unknown ``shard``, more devices than exist, a ``seed_devices``
+        that does not divide the device count, or ``"tasks"`` on other than 2 devices.
 
     Examples:
       >>> from npgjax.rl.mesh import make_mesh
@@ -62,6 +65,9 @@ def make_mesh(
                              f"({available[0].platform})")
         devices = available[:n]
     n = len(devices)
+    if shard == "tasks" and n != 2:
+        raise ValueError(f"shard='tasks' runs the policy step and the critic fit side by side "
+                         f"on exactly 2 devices; got {n}")
     if shard != "both":
         shape, names = (n,), (shard,)
     else:

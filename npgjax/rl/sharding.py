@@ -12,6 +12,8 @@ JAX is the engine: the runner state is placed on a :class:`jax.sharding.Mesh` wi
 * ``shard="seeds"``: the seed axis of a vmapped ``train`` is split over the devices:
   independent runs side by side, equal to the vmapped run on one device.
 * ``shard="both"``: a two-dimensional mesh ``("seeds", "envs")``.
+* ``shard="tasks"``: two devices, everything replicated; each update's policy step runs
+  on one and its critic fit on the other (:mod:`npgjax.rl.tasks`).
 
 Random numbers do not depend on the sharding (``jax_threefry_partitionable``, the
 default), so a run on N devices is a deterministic function of its key.
@@ -39,6 +41,7 @@ from npgjax.rl.mesh import (  # noqa: F401
     seed_axis,
 )
 from npgjax.rl.state import RunnerState, Trainer
+from npgjax.rl.tasks import TASK_AXIS, make_task_trainer
 from npgjax.rl.trainer import make_trainer, run_updates
 
 Array = jax.Array
@@ -134,6 +137,8 @@ def make_sharded_trainer(
     policy step and the critic fit run data-parallel: XLA sums the gradients and
     Fisher-vector products over the devices instead of gathering the batch.
 
+    On a ``"tasks"`` mesh it is :func:`npgjax.rl.tasks.make_task_trainer` instead.
+
     Args:
       config: a :class:`npgjax.rl.Config`.
       mesh: from :func:`make_mesh`.
@@ -152,6 +157,9 @@ def make_sharded_trainer(
       >>> trainer.init(jax.random.PRNGKey(0)).obs.shape
       (2, 4)
     """
+    if TASK_AXIS in mesh.axis_names:
+        return make_task_trainer(config, mesh, policy_torso=policy_torso,
+                                 critic_torso=critic_torso)
     shard_batch = None
     if "envs" in mesh.axis_names:
         envs = NamedSharding(mesh, P("envs"))
@@ -177,7 +185,8 @@ def make_sharded_train(
     """``train(keys) -> (final_states, metrics)`` over ``seeds`` keys, sharded over devices.
 
     Like ``jax.vmap(make_train(config))``, with the environments (``shard="envs"``),
-    the seeds (``"seeds"``) or both split over the devices by sharding constraints:
+    the seeds (``"seeds"``) or both split over the devices by sharding constraints, or
+    each update's policy step and critic fit over two devices (``"tasks"``):
     ``jax.jit`` it (with one process or several). Every leaf of the result carries the
     seed axis first. With environments split, the global batch is still ``num_envs *
     num_steps`` per seed and update, and the metrics match the one-device run to float
@@ -187,7 +196,7 @@ def make_sharded_train(
       config: a :class:`npgjax.rl.Config`; ``num_envs`` must divide over the ``"envs"``
         axis.
       devices: devices, a count of ``jax.devices()`` (the first ones), or None for all.
-      shard: ``"envs"``, ``"seeds"`` or ``"both"``.
+      shard: ``"envs"``, ``"seeds"``, ``"both"`` or ``"tasks"``.
       seeds: the number of keys ``train`` takes; must divide over the ``"seeds"`` axis.
       seed_devices: size of the ``"seeds"`` axis with ``shard="both"``.
       policy_torso: optional flax module for the policy (see ``make_trainer``).

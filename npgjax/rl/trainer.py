@@ -45,6 +45,7 @@ def make_trainer(
     policy_torso: nn.Module | None = None,
     critic_torso: nn.Module | None = None,
     shard_batch: Callable[[dict[str, Array]], dict[str, Array]] | None = None,
+    run_pair: Callable[..., tuple[Any, Any]] | None = None,
 ) -> Trainer:
     """Build the pure ``init``, ``update`` and ``evaluate`` functions for ``config``.
 
@@ -58,6 +59,9 @@ def make_trainer(
         of ``[num_steps * num_envs, ...]`` arrays) before the policy step and the critic
         fit: a sharding constraint that keeps the batch split over devices (see
         :func:`npgjax.rl.sharding.make_sharded_trainer`); None leaves it as it is.
+      run_pair: optional ``run_pair(policy_step, critic_fit) -> (policy result, critic
+        result)``, given the two halves of each update as thunks; None runs them one
+        after the other (:func:`npgjax.rl.tasks.task_pair` runs them on two devices).
 
     Returns:
       A :class:`Trainer`.
@@ -85,8 +89,8 @@ def make_trainer(
                         parts.policy_batch if parts.recurrent else None)
     parts = parts._replace(algo=ALGORITHMS[config.algo].build(model, config.options),
                            model=model)
-    return Trainer(_make_init(parts), _make_update(parts, shard_batch), _make_evaluate(parts),
-                   parts.act, config, spec, parts.init_carry, model)
+    return Trainer(_make_init(parts), _make_update(parts, shard_batch, run_pair),
+                   _make_evaluate(parts), parts.act, config, spec, parts.init_carry, model)
 
 
 def _make_init(parts: _Parts) -> Callable[..., RunnerState]:
@@ -126,7 +130,12 @@ def _make_init(parts: _Parts) -> Callable[..., RunnerState]:
     return init
 
 
-def _make_update(parts: _Parts, shard_batch: Callable[[dict], dict] | None = None
+def _in_turn(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
+    return first(), second()
+
+
+def _make_update(parts: _Parts, shard_batch: Callable[[dict], dict] | None = None,
+                 run_pair: Callable[..., tuple[Any, Any]] | None = None,
                  ) -> Callable[[RunnerState], tuple[RunnerState, dict]]:
     config, policy, value = parts.config, parts.policy, parts.value
     T, B = config.num_steps, config.batch_size
@@ -162,10 +171,10 @@ def _make_update(parts: _Parts, shard_batch: Callable[[dict], dict] | None = Non
         if shard_batch is not None:
             flat = shard_batch(flat)
         progress = state.update.astype(jnp.float32) / config.num_updates
-        pi_params, pi_opt_state, diag = parts.algo.step(
-            state.pi_params, state.pi_opt_state, UpdateData(flat, traj, next_values), hp,
-            progress, k_pi)
-        vf_params, vf_opt_state = _fit_critic(parts, state, traj, flat, targets, k_vf)
+        (pi_params, pi_opt_state, diag), (vf_params, vf_opt_state) = (run_pair or _in_turn)(
+            lambda: parts.algo.step(state.pi_params, state.pi_opt_state,
+                                    UpdateData(flat, traj, next_values), hp, progress, k_pi),
+            lambda: _fit_critic(parts, state, traj, flat, targets, k_vf))
         if config.normalize_obs:
             stats = update_stats(stats, traj["raw_obs"])
         buffers, mean_ret, mean_len = record_episodes(
