@@ -28,6 +28,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -70,10 +71,13 @@ def _from_words(words: Array, like: jax.ShapeDtypeStruct) -> Array:
 def swap_results(tree: PyTree, axis: str = TASK_AXIS) -> PyTree:
     """The sum over ``axis`` of a pytree that each device holds a disjoint part of.
 
-    Every leaf is reinterpreted as 32-bit words and all of them go through one
-    ``psum``: where one device holds a value and the others zeros, every device gets
-    the value bit for bit (integer addition), whatever the dtype, in one collective
-    instead of one per leaf.
+    Every leaf is reinterpreted as 32-bit words, concatenated, and the vector goes
+    through one ``psum``: where one device holds a value and the others zeros, every
+    device gets the value bit for bit (integer addition: NaN payloads and the sign of
+    zero survive, which a float sum would not promise), whatever the dtype. One
+    collective of one operand: a ``psum`` of the leaves as they are (one all-reduce of
+    ~55 operands for the zoo TRPO update) ran 2.6 ms per update slower on a 2-core CPU,
+    one all-gather per leaf slower still.
 
     Args:
       tree: a pytree of arrays (bool, 8-, 16-, 32- or 64-bit).
@@ -94,6 +98,16 @@ def swap_results(tree: PyTree, axis: str = TASK_AXIS) -> PyTree:
     return jax.tree.unflatten(treedef, out)
 
 
+def _traced(thunk: Callable[[], Any]) -> tuple[Callable[[], Any], Any]:
+    closed, out = jax.make_jaxpr(thunk, return_shape=True)()
+    run = jax.extend.core.jaxpr_as_fun(closed)
+    return (lambda: jax.tree.unflatten(jax.tree.structure(out), run())), out
+
+
+def _zeros(shapes: Any) -> Any:
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
 def task_pair(axis: str = TASK_AXIS) -> Callable[..., tuple[Any, Any]]:
     """``run_pair(first, second)``: ``first()`` on device 0 and ``second()`` on device 1.
 
@@ -103,11 +117,10 @@ def task_pair(axis: str = TASK_AXIS) -> Callable[..., tuple[Any, Any]]:
     """
 
     def run_pair(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
-        zeros = lambda f: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                       jax.eval_shape(f))
+        # Each half traced once: its jaxpr runs in one branch, its shapes give the zeros.
+        (f, f_out), (g, g_out) = (_traced(first), _traced(second))
         on_first = jax.lax.axis_index(axis) == 0
-        pair = jax.lax.cond(on_first, lambda: (first(), zeros(second)),
-                            lambda: (zeros(first), second()))
+        pair = jax.lax.cond(on_first, lambda: (f(), _zeros(g_out)), lambda: (_zeros(f_out), g()))
         return swap_results(pair, axis)
 
     return run_pair
