@@ -13,10 +13,11 @@ integer words is exact, so the exchange itself changes no bit.
 On a CPU make two host devices first (``jax.config.update("jax_num_cpu_devices", 2)``
 before JAX's first use; the command line does this for ``--shard tasks``). With the
 RL-zoo TRPO settings on CartPole-v1 (2 environments x 512 steps, 20 critic passes, 15
-CG iterations), one seed trained at 64,800 env steps/s instead of 33,500 on a 2-core
-AMD EPYC (1.93x; ``benchmarks/host_devices.py``). It pays when one seed's update is
-small and its two halves cost about the same; with 8 or 16 seeds, splitting the seeds
-over the two devices (``shard="seeds"``, 1.5x) beat it (1.24x). The results equal the
+CG iterations), one seed trained at 67,000 env steps/s instead of 36,900 on a 2-core
+AMD EPYC (1.82x; 1.93x in another run; ``benchmarks/host_devices.py``). It pays when
+one seed's update is small and its two halves cost about the same; with 8 or 16 seeds,
+splitting the seeds over the two devices (``shard="seeds"``, 1.43-1.50x) beat it
+(1.14-1.35x). The results equal the
 plain trainer's up to floating-point rounding (the program is fused differently), as
 with any other compile.
 """
