@@ -17,9 +17,9 @@ CG iterations), one seed trained at 67,000 env steps/s instead of 36,900 on a 2-
 AMD EPYC (1.82x; 1.93x in another run; ``benchmarks/host_devices.py``). It pays when
 one seed's update is small and its two halves cost about the same; with 8 or 16 seeds,
 splitting the seeds over the two devices (``shard="seeds"``, 1.43-1.50x) beat it
-(1.14-1.35x). The results equal the
-plain trainer's up to floating-point rounding (the program is fused differently), as
-with any other compile.
+(1.14-1.35x). The results equal the plain trainer's up to floating-point rounding (the
+program is fused differently), as with any other compile: the first two updates of
+that run agree bit for bit, later ones by rounding.
 """
 
 from __future__ import annotations
