@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
 
 # LLVM O1 for every compile of the suite, and of its subprocesses (they inherit the
 # environment): most of the suite's time is XLA compiling small programs, and O1 takes
@@ -27,6 +31,40 @@ def pythonpath() -> str:
     installed with ``pip --target``, as on the GPU machine, stay importable)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+
+
+def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str,
+                     build: Callable[[Path], None], timeout: float = 1200.0) -> Path:
+    """A directory that ``build(path)`` fills once per test session, across xdist workers.
+
+    A module-scoped fixture runs once per *worker*, and the tests of one module are
+    spread over the workers: an expensive fixture (a multi-device subprocess) ran twice.
+    The first worker to create the directory (an atomic ``mkdir`` in the temporary root
+    the workers share) builds it; the others wait for its ``.done`` marker, or fail with
+    the builder's error.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # one directory per worker below the session's root
+    path = root / f"once-{name}"
+    try:
+        path.mkdir()
+    except FileExistsError:
+        deadline = time.monotonic() + timeout
+        while not (path / ".done").exists():
+            if (path / ".failed").exists():
+                pytest.fail(f"{name}: " + (path / ".failed").read_text()[-3000:])
+            if time.monotonic() > deadline:
+                pytest.fail(f"{name}: another worker did not finish within {timeout:.0f} s")
+            time.sleep(0.2)
+        return path
+    try:
+        build(path)
+    except BaseException:
+        (path / ".failed").write_text(traceback.format_exc())
+        raise
+    (path / ".done").write_text("ok")
+    return path
 
 
 @pytest.fixture
