@@ -67,6 +67,17 @@ def test_rl_extra_carries_gymnax_and_its_jax_cap():
     assert not any("<" in r for r in PROJECT["dependencies"])
 
 
+def test_rl_extra_caps_ml_dtypes_and_the_environment_follows():
+    """ml_dtypes 0.7.0 doubles ``import jax`` (benchmarks/startup.py): capped with the RL
+    layer; delete this test with the cap once startup.py shows a newer release is fast."""
+    from importlib.metadata import version
+
+    cap = [r.replace(" ", "") for r in EXTRAS["rl"] if _name(r) == "ml_dtypes"]
+    assert cap == ["ml_dtypes>=0.5,<0.7"]
+    major, minor = (int(x) for x in version("ml_dtypes").split(".")[:2])
+    assert (0, 5) <= (major, minor) < (0, 7)
+
+
 @pytest.mark.parametrize("extra", ["dev", "docs"])
 def test_dev_and_docs_extras_install_everything_the_demo_and_tests_need(extra):
     names = _extra(extra)
