@@ -157,7 +157,8 @@ def test_parse_set_and_chunks():
 
 
 def test_warm_start_reads_the_exported_chunk(tmp_path):
-    """A second process with the same cache skips tracing the chunk, with equal results."""
+    """A second process with the same cache skips lowering init and the chunk, with equal
+    results."""
     import os
     import subprocess
     import sys
@@ -174,7 +175,8 @@ def test_warm_start_reads_the_exported_chunk(tmp_path):
         with open(out / "metrics.csv", newline="") as f:
             summaries[-1]["rows"] = list(csv.DictReader(f))
     assert [s["sessions"][0]["export"] for s in summaries] == ["saved", "loaded"]
-    assert list((tmp_path / "cache" / "npgjax-export").glob("*.jaxexport"))
+    saved = sorted(p.name for p in (tmp_path / "cache" / "npgjax-export").glob("*.jaxexport"))
+    assert len(saved) == 2 and saved[0] == saved[1].replace(".jaxexport", "-init.jaxexport")
     assert summaries[0]["rows"] == summaries[1]["rows"]
 
 

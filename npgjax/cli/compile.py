@@ -92,10 +92,11 @@ def compile_training(
 ) -> tuple[Any, Any, float, float, bool]:
     """Compile ``vmap(trainer.init)`` and a ``chunk``-update ``lax.scan``, ahead of time.
 
-    This is how the command line compiles. The chunk goes through ``jax.export``; with
-    ``export_dir`` the exported program is saved there and read back by later processes
+    This is how the command line compiles. Both programs go through ``jax.export``; with
+    ``export_dir`` the exported programs are saved there and read back by later processes
     with the same config, seed count, chunk, device, package versions and npgjax source,
-    which then skip tracing and lowering it (about 1 s of a warm start). Both programs
+    which then skip lowering them (the chunk about 1 s, init about 0.3 s of a warm start;
+    an abstract trace of init, about 0.1 s, still gives the state's structure). Both programs
     are then compiled by XLA side by side, ``init`` without LLVM optimisation (it runs
     once), the chunk with :func:`npgjax.rl.compiler_options`. Results are memoised in
     this process per ``(config, seeds, chunk)``.
@@ -135,17 +136,26 @@ def compile_training(
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         jit_kw = {"in_shardings": replicated, "out_shardings": replicated}
     t0 = time.perf_counter()
-    init_lowered = jax.jit(jax.vmap(trainer.init), **jit_kw).lower(keys)
-    leaves, treedef = jax.tree.flatten(init_lowered.out_info)
+    path = None if export_dir is None else _export_path(
+        export_dir, config, keys, chunk, None if mesh is None else dict(mesh.shape))
+    # The state's structure from an abstract trace (about 0.1 s); both programs go
+    # through jax.export with flat states, so a warm start lowers neither.
+    state_info = jax.eval_shape(jax.vmap(trainer.init), keys)
+    leaves, treedef = jax.tree.flatten(state_info)
     start_info = jax.ShapeDtypeStruct((), jax.numpy.int32)
+
+    def flat_init(k: Any) -> Any:
+        return tuple(jax.tree.leaves(jax.vmap(trainer.init)(k)))
 
     def flat_chunk(start: Any, *flat: Any) -> Any:
         state, metrics = jax.vmap(lambda s: run_updates(trainer, s, start, chunk))(
             jax.tree.unflatten(treedef, flat))
         return tuple(jax.tree.leaves(state)), metrics
 
-    path = None if export_dir is None else _export_path(
-        export_dir, config, keys, chunk, None if mesh is None else dict(mesh.shape))
+    init_path = None if path is None else path.with_name(f"{path.stem}-init{path.suffix}")
+    init_exp, _ = _exported_chunk(jax.jit(flat_init, **jit_kw), [keys], init_path)
+    init_lowered = jax.jit(init_exp.call if init_exp is not None else flat_init,
+                           **jit_kw).lower(keys)
     exported, how = _exported_chunk(jax.jit(flat_chunk, **jit_kw), [start_info, *leaves], path)
     chunk_lowered = jax.jit(exported.call if exported is not None else flat_chunk,
                             **jit_kw).lower(start_info, *leaves)
@@ -156,8 +166,11 @@ def compile_training(
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         init_future = pool.submit(init_lowered.compile, INIT_COMPILER_OPTIONS)
         flat_c = chunk_lowered.compile(compiler_options() or None)
-        init_c = init_future.result()
+        flat_init_c = init_future.result()
     t2 = time.perf_counter()
+
+    def init_c(k: Any) -> Any:
+        return jax.tree.unflatten(treedef, flat_init_c(k))
 
     def chunk_c(state: Any, start: int) -> Any:
         flat, metrics = flat_c(jax.numpy.int32(start), *jax.tree.leaves(state))
