@@ -161,11 +161,14 @@ def test_cli_devices(lib, cli_4):
 
 
 def test_cli_resume_sharded(cli_4):
-    """Stopped after one chunk and resumed on 4 devices: the same run, bit for bit."""
+    """Stopped after one chunk and resumed on 4 devices: the same run, bit for bit; the
+    later processes read the programs the first one exported."""
     full, _, split = cli_4
     assert (split / "metrics.csv").read_text() == (full / "metrics.csv").read_text()
     summary = json.loads((split / "summary.json").read_text())
     assert summary["complete"] and len(summary["sessions"]) == 2
+    first = json.loads((full / "summary.json").read_text())["sessions"][0]["export"]
+    assert [first] + [s["export"] for s in summary["sessions"]] == ["saved", "loaded", "loaded"]
 
 
 ERRORS_SCRIPT = """

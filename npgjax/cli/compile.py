@@ -63,7 +63,8 @@ def _export_path(export_dir: str, config: Any, keys: Any, chunk: int, mesh: Any 
 
 
 def _exported_chunk(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[Any, str]:
-    """``jax.export`` of the chunk: read from ``path``, else traced (and saved there)."""
+    """``jax.export`` of a program (init or chunk): read from ``path``, else traced (and
+    saved there)."""
     from jax import export
 
     if path is not None and path.exists():

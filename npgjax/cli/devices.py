@@ -132,21 +132,27 @@ def host_state(state: Any) -> Any:
     return jax.device_get(state)
 
 
-def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int
-                    ) -> tuple[Any, Any, Any, float, float]:
+def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int,
+                    export_dir: str | None = None) -> tuple[Any, Any, Any, float, float]:
     """Jit ``init`` and a ``chunk``-update scan of ``config``'s trainer, split over ``mesh``.
+
+    With one process both programs go through ``jax.export`` as in
+    :func:`npgjax.cli.compile.compile_training` (saved in ``export_dir`` and read back by
+    a warm start); with several, each process traces them.
 
     Returns:
       ``(init(keys), run_chunk(state, start), (keys, state, replicated) shardings,
       tracing seconds, XLA seconds)``; ``init`` and ``run_chunk`` take host values and
       place them on the mesh (with one process or several); metrics come back
-      replicated, so every process can read them.
+      replicated, so every process can read them. ``run_chunk.export`` says what
+      happened to the exported chunk (``"loaded"``, ``"saved"``, ``"traced"``,
+      ``"off"``), or is None with several processes.
     """
     import jax
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from npgjax.cli.compile import INIT_COMPILER_OPTIONS
+    from npgjax.cli.compile import INIT_COMPILER_OPTIONS, _export_path, _exported_chunk
     from npgjax.rl.mesh import put_global, seed_axis
     from npgjax.rl.sharding import make_sharded_trainer, state_sharding
     from npgjax.rl.trainer import run_updates
@@ -157,16 +163,33 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int
     init = jax.vmap(sharded.init, spmd_axis_name=axis)
     keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype)
     shapes = jax.eval_shape(init, keys)
+    leaves, treedef = jax.tree.flatten(shapes)
     s_state = state_sharding(shapes, mesh, batched=True)
+    s_flat = tuple(treedef.flatten_up_to(s_state))
     lead, rep = NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
+    start = jax.ShapeDtypeStruct((), jax.numpy.int32)
 
-    def run_chunk(state: Any, start: Any) -> Any:
-        return jax.vmap(lambda s: run_updates(sharded, s, start, chunk),
-                        spmd_axis_name=axis)(state)
+    def flat_init(k: Any) -> Any:
+        return tuple(jax.tree.leaves(init(k)))
 
-    init_l = jax.jit(init, in_shardings=lead, out_shardings=s_state).lower(keys)
-    chunk_l = jax.jit(run_chunk, in_shardings=(s_state, rep), out_shardings=(s_state, rep)
-                      ).lower(shapes, jax.ShapeDtypeStruct((), jax.numpy.int32))
+    def flat_chunk(first: Any, *flat: Any) -> Any:
+        state, metrics = jax.vmap(lambda s: run_updates(sharded, s, first, chunk),
+                                  spmd_axis_name=axis)(jax.tree.unflatten(treedef, flat))
+        return tuple(jax.tree.leaves(state)), metrics
+
+    init_kw = {"in_shardings": lead, "out_shardings": s_flat}
+    chunk_kw = {"in_shardings": (rep, *s_flat), "out_shardings": (s_flat, rep)}
+    how = None
+    if jax.process_count() == 1:  # the same exported program on every device of one host
+        path = None if export_dir is None else _export_path(
+            export_dir, config, keys, chunk, ("sharded", dict(mesh.shape)))
+        init_path = None if path is None else path.with_name(f"{path.stem}-init{path.suffix}")
+        init_exp, _ = _exported_chunk(jax.jit(flat_init, **init_kw), [keys], init_path)
+        flat_init = init_exp.call if init_exp is not None else flat_init
+        exp, how = _exported_chunk(jax.jit(flat_chunk, **chunk_kw), [start, *leaves], path)
+        flat_chunk = exp.call if exp is not None else flat_chunk
+    init_l = jax.jit(flat_init, **init_kw).lower(keys)
+    chunk_l = jax.jit(flat_chunk, **chunk_kw).lower(start, *leaves)
     t1 = time.perf_counter()
     # As the one-device path compiles (npgjax.cli.compile.compile_training).
     init_c = init_l.compile(INIT_COMPILER_OPTIONS)
@@ -174,9 +197,11 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int
     t2 = time.perf_counter()
 
     def init_fn(k: Any) -> Any:
-        return init_c(put_global(k, lead))
+        return jax.tree.unflatten(treedef, init_c(put_global(k, lead)))
 
-    def chunk_fn(state: Any, start: int) -> Any:
-        return chunk_c(state, put_global(np.int32(start), rep))
+    def chunk_fn(state: Any, first: int) -> Any:
+        flat, metrics = chunk_c(put_global(np.int32(first), rep), *jax.tree.leaves(state))
+        return jax.tree.unflatten(treedef, flat), metrics
 
+    chunk_fn.export = how  # type: ignore[attr-defined]
     return init_fn, chunk_fn, (lead, s_state, rep), t1 - t0, t2 - t1

@@ -192,7 +192,7 @@ def _train(run: Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: s
                 trainer, keys, run.chunk, cache_dir, mesh=run.mesh)
         else:
             init_fn, chunk_fn, run.shardings, t_trace, t_xla = devices.compile_sharded(
-                config, run.mesh, keys, run.chunk)
+                config, run.mesh, keys, run.chunk, cache_dir)
     # A resumed state goes through the same compiled chunk as a fresh one: the PRNG key
     # lives in the state, so the continuation is bit-identical to an uninterrupted run.
     if ckpt and run.shardings is not None:
