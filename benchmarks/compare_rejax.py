@@ -47,8 +47,9 @@ files into the OS page cache, so the first timed process does not pay for cold d
 rejax 0.1.3 calls gymnax's old 5-value ``step``, so it lives in its own virtual
 environment: created on first use under ``--venv`` (default
 ``~/.cache/npgjax/rejax-venv``, or ``$NPGJAX_REJAX_VENV``) with rejax 0.1.3, gymnax
-0.0.9, distrax 0.1.9 and the jax/jaxlib versions of the running interpreter (pip,
-needs PyPI once). The processes run with ``JAX_PLATFORMS=cpu`` unless it is set.
+0.0.9, distrax 0.1.9 and the jax, jaxlib and ml_dtypes versions of the running
+interpreter (pip, needs PyPI once; an existing venv with other versions is fixed).
+The processes run with ``JAX_PLATFORMS=cpu`` unless it is set.
 
     .venv/bin/python benchmarks/compare_rejax.py                    # both envs (22 min here)
     .venv/bin/python benchmarks/compare_rejax.py --env CartPole-v1  # the issue's row (half)
@@ -202,9 +203,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 def ensure_venv(venv: Path, jax_version: str) -> Path:
     """The rejax venv's python, created (or fixed) on first use."""
     py = venv / "bin" / "python"
-    pins = [*REJAX_PINS, f"jax=={jax_version}", f"jaxlib=={jax_version}"]
+    # The same ml_dtypes as this side: 0.7.0 alone adds 0.6 s to every import of jax
+    # (benchmarks/startup.py), which npgjax[rl] avoids and rejax would not.
+    pins = [*REJAX_PINS, f"jax=={jax_version}", f"jaxlib=={jax_version}",
+            f"ml_dtypes=={importlib.metadata.version('ml_dtypes')}"]
     check = ("import importlib.metadata as m; print(' '.join(n + '==' + m.version(n) for n "
-             "in ('rejax', 'gymnax', 'distrax', 'jax', 'jaxlib')))")
+             "in ('rejax', 'gymnax', 'distrax', 'jax', 'jaxlib', 'ml_dtypes')))")
     if py.exists():
         got = subprocess.run([str(py), "-c", check], capture_output=True, text=True)
         if got.returncode == 0 and set(got.stdout.split()) == set(pins):
