@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compile_training", "enable_compile_cache"]
+__all__ = ["compile_training", "enable_compile_cache", "lower_pair"]
 
 # Compiled (init, chunk) pairs of this process, keyed by (config, seeds, K): repeated
 # main() calls in one process (tests, notebooks) reuse them instead of compiling again.
@@ -88,6 +88,31 @@ def _exported_chunk(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[
         return exp, "traced"
 
 
+def lower_pair(init: tuple[Any, dict, list], chunk: tuple[Any, dict, list],
+               path: Path | None, export: bool = True) -> tuple[Any, Any, str | None]:
+    """Lower ``init`` and the chunk, each ``(flat function, jit keywords, arguments)``.
+
+    With ``export`` both go through ``jax.export`` (:func:`_exported_chunk`; the init at
+    ``path`` with ``-init`` added to its stem), so a warm start lowers neither.
+
+    Returns:
+      ``(init lowered, chunk lowered, what happened to the exported chunk or None)``.
+    """
+    import jax
+
+    lowered, how = [], None
+    for (fn, kw, args), where in ((init, _init_path(path)), (chunk, path)):
+        if export:
+            exp, how = _exported_chunk(jax.jit(fn, **kw), args, where)
+            fn = exp.call if exp is not None else fn
+        lowered.append(jax.jit(fn, **kw).lower(*args))
+    return lowered[0], lowered[1], how
+
+
+def _init_path(path: Path | None) -> Path | None:
+    return None if path is None else path.with_name(f"{path.stem}-init{path.suffix}")
+
+
 def compile_training(
     trainer: Any, keys: Any, chunk: int, export_dir: str | None = None, mesh: Any = None
 ) -> tuple[Any, Any, float, float, bool]:
@@ -153,13 +178,8 @@ def compile_training(
             jax.tree.unflatten(treedef, flat))
         return tuple(jax.tree.leaves(state)), metrics
 
-    init_path = None if path is None else path.with_name(f"{path.stem}-init{path.suffix}")
-    init_exp, _ = _exported_chunk(jax.jit(flat_init, **jit_kw), [keys], init_path)
-    init_lowered = jax.jit(init_exp.call if init_exp is not None else flat_init,
-                           **jit_kw).lower(keys)
-    exported, how = _exported_chunk(jax.jit(flat_chunk, **jit_kw), [start_info, *leaves], path)
-    chunk_lowered = jax.jit(exported.call if exported is not None else flat_chunk,
-                            **jit_kw).lower(start_info, *leaves)
+    init_lowered, chunk_lowered, how = lower_pair(
+        (flat_init, jit_kw, [keys]), (flat_chunk, jit_kw, [start_info, *leaves]), path)
     t1 = time.perf_counter()
     # XLA compiles the two side by side (it releases the GIL); init runs once, so it is
     # compiled without LLVM optimisation, which halves its compile time; the chunk with

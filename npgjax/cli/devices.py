@@ -152,7 +152,7 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int,
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from npgjax.cli.compile import INIT_COMPILER_OPTIONS, _export_path, _exported_chunk
+    from npgjax.cli.compile import INIT_COMPILER_OPTIONS, _export_path, lower_pair
     from npgjax.rl.mesh import put_global, seed_axis
     from npgjax.rl.sharding import make_sharded_trainer, state_sharding
     from npgjax.rl.trainer import run_updates
@@ -179,17 +179,12 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int,
 
     init_kw = {"in_shardings": lead, "out_shardings": s_flat}
     chunk_kw = {"in_shardings": (rep, *s_flat), "out_shardings": (s_flat, rep)}
-    how = None
-    if jax.process_count() == 1:  # the same exported program on every device of one host
-        path = None if export_dir is None else _export_path(
-            export_dir, config, keys, chunk, ("sharded", dict(mesh.shape)))
-        init_path = None if path is None else path.with_name(f"{path.stem}-init{path.suffix}")
-        init_exp, _ = _exported_chunk(jax.jit(flat_init, **init_kw), [keys], init_path)
-        flat_init = init_exp.call if init_exp is not None else flat_init
-        exp, how = _exported_chunk(jax.jit(flat_chunk, **chunk_kw), [start, *leaves], path)
-        flat_chunk = exp.call if exp is not None else flat_chunk
-    init_l = jax.jit(flat_init, **init_kw).lower(keys)
-    chunk_l = jax.jit(flat_chunk, **chunk_kw).lower(start, *leaves)
+    one_host = jax.process_count() == 1  # then one exported program serves every device
+    path = None if export_dir is None or not one_host else _export_path(
+        export_dir, config, keys, chunk, ("sharded", dict(mesh.shape)))
+    init_l, chunk_l, how = lower_pair((flat_init, init_kw, [keys]),
+                                      (flat_chunk, chunk_kw, [start, *leaves]), path,
+                                      export=one_host)
     t1 = time.perf_counter()
     # As the one-device path compiles (npgjax.cli.compile.compile_training).
     init_c = init_l.compile(INIT_COMPILER_OPTIONS)
