@@ -226,14 +226,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes(cli_4, tmp_path):
-    """2 processes x 2 CPU devices (gloo) == 1 process x 4 devices, same global batch."""
-    out, port = tmp_path / "mp", _free_port()
-    argv = [sys.executable, "-m", "npgjax.train", *CLI, "--shard", "envs", "--out", str(out)]
+def _two_processes(out: Path, cache: Path) -> list[tuple[int, str, str]]:
+    """The command line as 2 processes x 2 CPU devices: (status, stdout, stderr) each."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "npgjax.train", *[a for a in CLI if a != "--no-compile-cache"],
+            "--shard", "envs", "--out", str(out)]
     procs = []
     for rank in (1, 0):
-        env = {**_env(2), "NPGJAX_COORDINATOR": f"127.0.0.1:{port}",
-               "NPGJAX_NUM_PROCESSES": "2", "NPGJAX_PROCESS_ID": str(rank)}
+        env = {**_env(2), "NPGJAX_COORDINATOR": f"127.0.0.1:{port}", "NPGJAX_NUM_PROCESSES": "2",
+               "NPGJAX_PROCESS_ID": str(rank), "NPGJAX_CACHE_DIR": str(cache)}
         procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     try:
@@ -246,6 +247,14 @@ def test_two_processes(cli_4, tmp_path):
     if any("gloo" in r[2].lower() and "not" in r[2].lower() and r[0] for r in results):
         pytest.skip(f"no gloo CPU collectives in this jaxlib: {text}")
     assert [r[0] for r in results] == [0, 0], text
+    return results
+
+
+def test_two_processes(cli_4, tmp_path):
+    """2 processes x 2 CPU devices (gloo) == 1 process x 4 devices, same global batch; a
+    second pair reads the programs the first exported, with the same results."""
+    out = tmp_path / "mp"
+    results = _two_processes(out, tmp_path / "cache")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["device"]["processes"] == 2 and summary["device"]["devices_used"] == 4
     # Process 1 prints nothing of its own (gloo may log its connections); process 0 all.
@@ -254,6 +263,11 @@ def test_two_processes(cli_4, tmp_path):
     one, two = _csv(cli_4[0] / "metrics.csv"), _csv(out / "metrics.csv")
     for name in one:
         _close(name, one[name], two[name])
+    _two_processes(tmp_path / "warm", tmp_path / "cache")
+    exports = [json.loads((d / "summary.json").read_text())["sessions"][0]["export"]
+               for d in (out, tmp_path / "warm")]
+    assert exports == ["saved", "loaded"]
+    assert (tmp_path / "warm" / "metrics.csv").read_text() == (out / "metrics.csv").read_text()
 
 
 @pytest.fixture(scope="module")

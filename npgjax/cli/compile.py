@@ -8,6 +8,7 @@ import hashlib
 import importlib.metadata
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,8 @@ def _exported_chunk(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[
         return exp, "traced"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        # Unique per writer (processes of several hosts may share the folder).
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
         tmp.write_bytes(exp.serialize())
         os.replace(tmp, path)
         return exp, "saved"
@@ -89,23 +91,21 @@ def _exported_chunk(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[
 
 
 def lower_pair(init: tuple[Any, dict, list], chunk: tuple[Any, dict, list],
-               path: Path | None, export: bool = True) -> tuple[Any, Any, str | None]:
+               path: Path | None) -> tuple[Any, Any, str]:
     """Lower ``init`` and the chunk, each ``(flat function, jit keywords, arguments)``.
 
-    With ``export`` both go through ``jax.export`` (:func:`_exported_chunk`; the init at
-    ``path`` with ``-init`` added to its stem), so a warm start lowers neither.
+    Both go through ``jax.export`` (:func:`_exported_chunk`; the chunk at ``path``, the
+    init there with ``-init`` added to the stem), so a warm start lowers neither.
 
     Returns:
-      ``(init lowered, chunk lowered, what happened to the exported chunk or None)``.
+      ``(init lowered, chunk lowered, what happened to the exported chunk)``.
     """
     import jax
 
-    lowered, how = [], None
+    lowered, how = [], "off"
     for (fn, kw, args), where in ((init, _init_path(path)), (chunk, path)):
-        if export:
-            exp, how = _exported_chunk(jax.jit(fn, **kw), args, where)
-            fn = exp.call if exp is not None else fn
-        lowered.append(jax.jit(fn, **kw).lower(*args))
+        exp, how = _exported_chunk(jax.jit(fn, **kw), args, where)
+        lowered.append(jax.jit(exp.call if exp is not None else fn, **kw).lower(*args))
     return lowered[0], lowered[1], how
 
 

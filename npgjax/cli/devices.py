@@ -136,9 +136,9 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int,
                     export_dir: str | None = None) -> tuple[Any, Any, Any, float, float]:
     """Jit ``init`` and a ``chunk``-update scan of ``config``'s trainer, split over ``mesh``.
 
-    With one process both programs go through ``jax.export`` as in
+    Both programs go through ``jax.export`` as in
     :func:`npgjax.cli.compile.compile_training` (saved in ``export_dir`` and read back by
-    a warm start); with several, each process traces them.
+    a warm start), with one process or several (each writes or reads the same program).
 
     Returns:
       ``(init(keys), run_chunk(state, start), (keys, state, replicated) shardings,
@@ -146,7 +146,7 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int,
       place them on the mesh (with one process or several); metrics come back
       replicated, so every process can read them. ``run_chunk.export`` says what
       happened to the exported chunk (``"loaded"``, ``"saved"``, ``"traced"``,
-      ``"off"``), or is None with several processes.
+      ``"off"``).
     """
     import jax
     from jax.sharding import NamedSharding
@@ -179,12 +179,10 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int,
 
     init_kw = {"in_shardings": lead, "out_shardings": s_flat}
     chunk_kw = {"in_shardings": (rep, *s_flat), "out_shardings": (s_flat, rep)}
-    one_host = jax.process_count() == 1  # then one exported program serves every device
-    path = None if export_dir is None or not one_host else _export_path(
-        export_dir, config, keys, chunk, ("sharded", dict(mesh.shape)))
+    path = None if export_dir is None else _export_path(
+        export_dir, config, keys, chunk, ("sharded", dict(mesh.shape), jax.process_count()))
     init_l, chunk_l, how = lower_pair((flat_init, init_kw, [keys]),
-                                      (flat_chunk, chunk_kw, [start, *leaves]), path,
-                                      export=one_host)
+                                      (flat_chunk, chunk_kw, [start, *leaves]), path)
     t1 = time.perf_counter()
     # As the one-device path compiles (npgjax.cli.compile.compile_training).
     init_c = init_l.compile(INIT_COMPILER_OPTIONS)
