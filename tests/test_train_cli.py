@@ -184,14 +184,14 @@ def test_corrupt_exported_chunk_is_replaced(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from npgjax.cli.compile import _exported_chunk
+    from npgjax.cli.compile import _exported
 
     path = tmp_path / "x.jaxexport"
     path.write_bytes(b"not an export")
     leaves = [jax.ShapeDtypeStruct((3,), jnp.float32)]
-    exp, how = _exported_chunk(jax.jit(lambda x: (x * 2,)), leaves, path)
+    exp, how = _exported(jax.jit(lambda x: (x * 2,)), leaves, path)
     assert how == "saved" and path.read_bytes() != b"not an export"
-    exp2, how2 = _exported_chunk(jax.jit(lambda x: (x * 2,)), leaves, path)
+    exp2, how2 = _exported(jax.jit(lambda x: (x * 2,)), leaves, path)
     assert how2 == "loaded"
     assert float(exp2.call(jnp.ones(3))[0][1]) == 2.0
 

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compile_training", "enable_compile_cache", "lower_pair"]
+__all__ = ["compile_training", "enable_compile_cache"]
 
 # Compiled (init, chunk) pairs of this process, keyed by (config, seeds, K): repeated
 # main() calls in one process (tests, notebooks) reuse them instead of compiling again.
@@ -63,7 +63,7 @@ def _export_path(export_dir: str, config: Any, keys: Any, chunk: int, mesh: Any 
     return Path(export_dir) / _EXPORT_SUBDIR / f"{h.hexdigest()[:40]}.jaxexport"
 
 
-def _exported_chunk(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[Any, str]:
+def _exported(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[Any, str]:
     """``jax.export`` of a program (init or chunk): read from ``path``, else traced (and
     saved there)."""
     from jax import export
@@ -90,11 +90,11 @@ def _exported_chunk(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[
         return exp, "traced"
 
 
-def lower_pair(init: tuple[Any, dict, list], chunk: tuple[Any, dict, list],
-               path: Path | None) -> tuple[Any, Any, str]:
+def _lower_pair(init: tuple[Any, dict, list], chunk: tuple[Any, dict, list],
+                path: Path | None) -> tuple[Any, Any, str]:
     """Lower ``init`` and the chunk, each ``(flat function, jit keywords, arguments)``.
 
-    Both go through ``jax.export`` (:func:`_exported_chunk`; the chunk at ``path``, the
+    Both go through ``jax.export`` (:func:`_exported`; the chunk at ``path``, the
     init there with ``-init`` added to the stem), so a warm start lowers neither.
 
     Returns:
@@ -104,9 +104,43 @@ def lower_pair(init: tuple[Any, dict, list], chunk: tuple[Any, dict, list],
 
     lowered, how = [], "off"
     for (fn, kw, args), where in ((init, _init_path(path)), (chunk, path)):
-        exp, how = _exported_chunk(jax.jit(fn, **kw), args, where)
+        exp, how = _exported(jax.jit(fn, **kw), args, where)
         lowered.append(jax.jit(exp.call if exp is not None else fn, **kw).lower(*args))
     return lowered[0], lowered[1], how
+
+
+def _flat_programs(trainer: Any, keys: Any, chunk: int, **vmap_kw: Any
+                  ) -> tuple[Any, Any, Any]:
+    """``init`` and a ``chunk``-update scan of ``trainer``, vmapped over seeds, on flat
+    states (lists of leaves: what ``jax.export`` serialises).
+
+    Args:
+      trainer: from :func:`npgjax.rl.make_trainer` (or a sharded one).
+      keys: PRNG keys ``[seeds, 2]`` (arrays or ``ShapeDtypeStruct``).
+      chunk: updates per call of the chunk.
+      **vmap_kw: for ``jax.vmap`` over seeds (e.g. ``spmd_axis_name``).
+
+    Returns:
+      ``(flat_init(keys) -> leaves, flat_chunk(start, *leaves) -> (leaves, metrics),
+      the state's shapes)``, the shapes from an abstract trace of ``init``.
+    """
+    import jax
+
+    from npgjax.rl.trainer import run_updates
+
+    init = jax.vmap(trainer.init, **vmap_kw)
+    shapes = jax.eval_shape(init, keys)
+    treedef = jax.tree.structure(shapes)
+
+    def flat_init(k: Any) -> Any:
+        return tuple(jax.tree.leaves(init(k)))
+
+    def flat_chunk(start: Any, *flat: Any) -> Any:
+        state, metrics = jax.vmap(lambda s: run_updates(trainer, s, start, chunk), **vmap_kw)(
+            jax.tree.unflatten(treedef, flat))
+        return tuple(jax.tree.leaves(state)), metrics
+
+    return flat_init, flat_chunk, shapes
 
 
 def _init_path(path: Path | None) -> Path | None:
@@ -154,7 +188,6 @@ def compile_training(
         init_c, chunk_c, _, _ = _COMPILED[memo_key]
         return init_c, chunk_c, 0.0, 0.0, True
 
-    from npgjax.rl.trainer import run_updates
     from npgjax.rl.xla import compiler_options
 
     jit_kw: dict[str, Any] = {}
@@ -164,21 +197,10 @@ def compile_training(
     t0 = time.perf_counter()
     path = None if export_dir is None else _export_path(
         export_dir, config, keys, chunk, None if mesh is None else dict(mesh.shape))
-    # The state's structure from an abstract trace (about 0.1 s); both programs go
-    # through jax.export with flat states, so a warm start lowers neither.
-    state_info = jax.eval_shape(jax.vmap(trainer.init), keys)
-    leaves, treedef = jax.tree.flatten(state_info)
+    flat_init, flat_chunk, shapes = _flat_programs(trainer, keys, chunk)
+    leaves, treedef = jax.tree.flatten(shapes)
     start_info = jax.ShapeDtypeStruct((), jax.numpy.int32)
-
-    def flat_init(k: Any) -> Any:
-        return tuple(jax.tree.leaves(jax.vmap(trainer.init)(k)))
-
-    def flat_chunk(start: Any, *flat: Any) -> Any:
-        state, metrics = jax.vmap(lambda s: run_updates(trainer, s, start, chunk))(
-            jax.tree.unflatten(treedef, flat))
-        return tuple(jax.tree.leaves(state)), metrics
-
-    init_lowered, chunk_lowered, how = lower_pair(
+    init_lowered, chunk_lowered, how = _lower_pair(
         (flat_init, jit_kw, [keys]), (flat_chunk, jit_kw, [start_info, *leaves]), path)
     t1 = time.perf_counter()
     # XLA compiles the two side by side (it releases the GIL); init runs once, so it is

@@ -152,36 +152,27 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int,
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from npgjax.cli.compile import INIT_COMPILER_OPTIONS, _export_path, lower_pair
+    from npgjax.cli.compile import INIT_COMPILER_OPTIONS, _export_path, _flat_programs, _lower_pair
     from npgjax.rl.mesh import put_global, seed_axis
     from npgjax.rl.sharding import make_sharded_trainer, state_sharding
-    from npgjax.rl.trainer import run_updates
     from npgjax.rl.xla import compiler_options
 
     t0 = time.perf_counter()
-    sharded, axis = make_sharded_trainer(config, mesh), seed_axis(mesh)
-    init = jax.vmap(sharded.init, spmd_axis_name=axis)
+    axis = seed_axis(mesh)
     keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype)
-    shapes = jax.eval_shape(init, keys)
+    flat_init, flat_chunk, shapes = _flat_programs(make_sharded_trainer(config, mesh), keys,
+                                                  chunk, spmd_axis_name=axis)
     leaves, treedef = jax.tree.flatten(shapes)
     s_state = state_sharding(shapes, mesh, batched=True)
     s_flat = tuple(treedef.flatten_up_to(s_state))
     lead, rep = NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
     start = jax.ShapeDtypeStruct((), jax.numpy.int32)
 
-    def flat_init(k: Any) -> Any:
-        return tuple(jax.tree.leaves(init(k)))
-
-    def flat_chunk(first: Any, *flat: Any) -> Any:
-        state, metrics = jax.vmap(lambda s: run_updates(sharded, s, first, chunk),
-                                  spmd_axis_name=axis)(jax.tree.unflatten(treedef, flat))
-        return tuple(jax.tree.leaves(state)), metrics
-
     init_kw = {"in_shardings": lead, "out_shardings": s_flat}
     chunk_kw = {"in_shardings": (rep, *s_flat), "out_shardings": (s_flat, rep)}
     path = None if export_dir is None else _export_path(
         export_dir, config, keys, chunk, ("sharded", dict(mesh.shape), jax.process_count()))
-    init_l, chunk_l, how = lower_pair((flat_init, init_kw, [keys]),
+    init_l, chunk_l, how = _lower_pair((flat_init, init_kw, [keys]),
                                       (flat_chunk, chunk_kw, [start, *leaves]), path)
     t1 = time.perf_counter()
     # As the one-device path compiles (npgjax.cli.compile.compile_training).
