@@ -296,6 +296,8 @@ def worker_sb3(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _npgjax_setup(spec: dict[str, Any]) -> tuple[Any, Any, float]:
     """Import jax with the persistent compilation cache in spec["cache_dir"]; config."""
+    # npgjax first, as `npgjax-train` starts: jax is imported by it (with the GC paused).
+    import npgjax.train  # noqa: F401, I001
     import jax
 
     if spec.get("tasks"):  # two host devices for --shard tasks, before JAX starts

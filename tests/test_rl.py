@@ -179,6 +179,9 @@ import sys
 from npgjax.rl import get_config, make_trainer
 make_trainer(get_config("CartPole-v1", num_envs=2, num_steps=8))
 assert "scipy" not in sys.modules and "pandas" not in sys.modules, "seaborn was imported"
+assert "matplotlib.rcsetup" not in sys.modules, "matplotlib was imported"
+import gc
+assert gc.isenabled(), "the import left the garbage collector paused"
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -378,3 +378,31 @@ def test_tensorboard_writes_every_metric_per_update_and_seed(runs, tmp_path):
             assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
         # eval_return only where training evaluated (after update 8 here: eval_every 10)
         assert [u for u, _ in events[f"seed{s}/eval_return"]] == [UPDATES]
+
+
+def test_stale_exported_chunk_is_exported_again(tmp_path):
+    """An export at the path whose inputs do not match the state is replaced, not run."""
+    import jax
+    import numpy as np
+
+    from npgjax.cli import compile as comp
+    from npgjax.rl import get_config, make_trainer
+
+    def trainer(hidden):
+        return make_trainer(get_config("CartPole-v1", "npg", num_envs=2, num_steps=8,
+                                       hidden=hidden, total_timesteps=32))
+
+    keys = jax.random.PRNGKey(0)[None]
+    small, big = trainer((8,)), trainer((16,))
+    comp.compile_training(small, keys, 2, str(tmp_path))
+    path = comp._export_path(str(tmp_path), big.config, keys, 2)
+    stale = path.parent / "stale"
+    (old,) = [p for p in path.parent.glob("*.jaxexport") if not p.stem.endswith("-init")]
+    old.rename(stale)
+    stale.rename(path)  # the small network's chunk where the big one's belongs
+    init, run_chunk, *_ = comp.compile_training(big, keys, 2, str(tmp_path))
+    assert run_chunk.export == "saved"
+    state, metrics = run_chunk(init(keys), 0)
+    assert np.asarray(metrics["train_return"]).shape == (1, 2)  # ran: one seed, 2 updates
+    shapes = [a.shape for a in comp._read_export(path).in_avals]
+    assert (1, 16) in shapes and (1, 8) not in shapes  # the big network's export now

@@ -12,6 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from npgjax._gc import paused_gc
+
 __all__ = ["compile_training", "enable_compile_cache"]
 
 # Compiled (init, chunk) pairs of this process, keyed by (config, seeds, K): repeated
@@ -63,16 +65,26 @@ def _export_path(export_dir: str, config: Any, keys: Any, chunk: int, mesh: Any 
     return Path(export_dir) / _EXPORT_SUBDIR / f"{h.hexdigest()[:40]}.jaxexport"
 
 
+def _read_export(path: Path | None) -> Any:
+    """The ``jax.export`` saved at ``path``, or None (absent, corrupt or unreadable)."""
+    from jax import export
+
+    if path is None or not path.exists():
+        return None
+    try:
+        return export.deserialize(bytearray(path.read_bytes()))
+    except Exception:  # corrupt, or flatbuffers missing: export again
+        return None
+
+
 def _exported(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[Any, str]:
     """``jax.export`` of a program (init or chunk): read from ``path``, else traced (and
     saved there)."""
     from jax import export
 
-    if path is not None and path.exists():
-        try:
-            return export.deserialize(bytearray(path.read_bytes())), "loaded"
-        except Exception:  # corrupt or unreadable (e.g. flatbuffers missing): re-export
-            pass
+    exp = _read_export(path)
+    if exp is not None:
+        return exp, "loaded"
     try:
         exp = export.export(jitted)(*leaves)
     except Exception:  # something jax.export does not support: plain jit
@@ -90,6 +102,15 @@ def _exported(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[Any, s
         return exp, "traced"
 
 
+def _lowered(fn: Any, kw: dict, args: list[Any], path: Path | None) -> tuple[Any, str]:
+    """``fn`` lowered through ``jax.export`` (:func:`_exported`), or directly when that
+    fails; with what happened to the export."""
+    import jax
+
+    exp, how = _exported(jax.jit(fn, **kw), args, path)
+    return jax.jit(exp.call if exp is not None else fn, **kw).lower(*args), how
+
+
 def _lower_pair(init: tuple[Any, dict, list], chunk: tuple[Any, dict, list],
                 path: Path | None) -> tuple[Any, Any, str]:
     """Lower ``init`` and the chunk, each ``(flat function, jit keywords, arguments)``.
@@ -100,13 +121,9 @@ def _lower_pair(init: tuple[Any, dict, list], chunk: tuple[Any, dict, list],
     Returns:
       ``(init lowered, chunk lowered, what happened to the exported chunk)``.
     """
-    import jax
-
-    lowered, how = [], "off"
-    for (fn, kw, args), where in ((init, _init_path(path)), (chunk, path)):
-        exp, how = _exported(jax.jit(fn, **kw), args, where)
-        lowered.append(jax.jit(exp.call if exp is not None else fn, **kw).lower(*args))
-    return lowered[0], lowered[1], how
+    init_l, _ = _lowered(*init, _init_path(path))
+    chunk_l, how = _lowered(*chunk, path)
+    return init_l, chunk_l, how
 
 
 def _flat_programs(trainer: Any, keys: Any, chunk: int, **vmap_kw: Any
@@ -147,6 +164,50 @@ def _init_path(path: Path | None) -> Path | None:
     return None if path is None else path.with_name(f"{path.stem}-init{path.suffix}")
 
 
+def _compile_flat(trainer: Any, keys: Any, chunk: int, jit_kw: dict, path: Path | None
+                  ) -> tuple[Any, Any, Any, str, float]:
+    """Compile the flat init and chunk of :func:`_flat_programs`, both through
+    ``jax.export`` (at ``path``, when given).
+
+    The chunk is compiled (or, on a warm start, its executable read from JAX's cache)
+    in a thread while init is traced and compiled here: XLA releases the GIL. Init runs
+    once, so it is compiled without LLVM optimisation; the chunk with
+    :func:`npgjax.rl.compiler_options` (CPU: LLVM O1, about 0.6x O3's compile time).
+    Python's collector is paused meanwhile (:mod:`npgjax._gc`).
+
+    Returns:
+      ``(init executable, chunk executable, the state's treedef, what happened to the
+      exported chunk, time.perf_counter() when both were lowered)``.
+    """
+    import jax
+
+    from npgjax.rl.xla import compiler_options
+
+    start_info = jax.ShapeDtypeStruct((), jax.numpy.int32)
+    options = compiler_options() or None
+    with paused_gc(), concurrent.futures.ThreadPoolExecutor(1) as pool:
+        exp, how, chunk_future = _read_export(path), "loaded", None
+        if exp is not None:  # warm start: no need to wait for init's abstract trace
+            avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in exp.in_avals]
+            lowered = jax.jit(exp.call, **jit_kw).lower(*avals)
+            chunk_future = pool.submit(lowered.compile, options)
+        flat_init, flat_chunk, shapes = _flat_programs(trainer, keys, chunk)
+        leaves, treedef = jax.tree.flatten(shapes)
+        args = [start_info, *leaves]
+        if exp is not None and [(a.shape, a.dtype) for a in args] != [
+                (a.shape, a.dtype) for a in avals]:  # stale: export it again
+            chunk_future.cancel()
+            path.unlink(missing_ok=True)
+            chunk_future = None
+        if chunk_future is None:
+            lowered, how = _lowered(flat_chunk, jit_kw, args, path)
+            chunk_future = pool.submit(lowered.compile, options)
+        init_lowered, _ = _lowered(flat_init, jit_kw, [keys], _init_path(path))
+        t_lowered = time.perf_counter()
+        init_c = init_lowered.compile(INIT_COMPILER_OPTIONS)
+        return init_c, chunk_future.result(), treedef, how, t_lowered
+
+
 def compile_training(
     trainer: Any, keys: Any, chunk: int, export_dir: str | None = None, mesh: Any = None
 ) -> tuple[Any, Any, float, float, bool]:
@@ -157,8 +218,10 @@ def compile_training(
     with the same config, seed count, chunk, device, package versions and npgjax source,
     which then skip lowering them (the chunk about 1 s, init about 0.3 s of a warm start;
     an abstract trace of init, about 0.1 s, still gives the state's structure). Both programs
-    are then compiled by XLA side by side, ``init`` without LLVM optimisation (it runs
-    once), the chunk with :func:`npgjax.rl.compiler_options`. Results are memoised in
+    are then compiled, the chunk in a thread as soon as it is lowered (on a warm start,
+    as soon as its export is read) while init is traced and compiled (:func:`_compile_flat`),
+    ``init`` without LLVM optimisation (it runs once), the chunk with
+    :func:`npgjax.rl.compiler_options`. Results are memoised in
     this process per ``(config, seeds, chunk)``.
 
     Args:
@@ -176,7 +239,8 @@ def compile_training(
       ``(init, run_chunk, tracing seconds, XLA seconds, memoised)``: ``init(keys) ->
       state`` and ``run_chunk(state, start) -> (state, metrics)``, ``start`` being the
       index of the chunk's first update (it decides where the evaluation runs). The
-      XLA seconds include reading JAX's persistent compilation cache when it is on;
+      tracing seconds run until both programs are lowered, the XLA seconds are the wait
+      for XLA after that (reading JAX's persistent compilation cache when it is on);
       ``run_chunk.export`` says whether the exported chunk was ``"loaded"``,
       ``"saved"``, ``"traced"`` (not saved) or ``"off"`` (jax.export failed; plain jit).
     """
@@ -188,8 +252,6 @@ def compile_training(
         init_c, chunk_c, _, _ = _COMPILED[memo_key]
         return init_c, chunk_c, 0.0, 0.0, True
 
-    from npgjax.rl.xla import compiler_options
-
     jit_kw: dict[str, Any] = {}
     if mesh is not None:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -197,19 +259,7 @@ def compile_training(
     t0 = time.perf_counter()
     path = None if export_dir is None else _export_path(
         export_dir, config, keys, chunk, None if mesh is None else dict(mesh.shape))
-    flat_init, flat_chunk, shapes = _flat_programs(trainer, keys, chunk)
-    leaves, treedef = jax.tree.flatten(shapes)
-    start_info = jax.ShapeDtypeStruct((), jax.numpy.int32)
-    init_lowered, chunk_lowered, how = _lower_pair(
-        (flat_init, jit_kw, [keys]), (flat_chunk, jit_kw, [start_info, *leaves]), path)
-    t1 = time.perf_counter()
-    # XLA compiles the two side by side (it releases the GIL); init runs once, so it is
-    # compiled without LLVM optimisation, which halves its compile time; the chunk with
-    # npgjax.rl.compiler_options() (CPU: LLVM O1, about 0.6x O3's compile time).
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        init_future = pool.submit(init_lowered.compile, INIT_COMPILER_OPTIONS)
-        flat_c = chunk_lowered.compile(compiler_options() or None)
-        flat_init_c = init_future.result()
+    flat_init_c, flat_c, treedef, how, t1 = _compile_flat(trainer, keys, chunk, jit_kw, path)
     t2 = time.perf_counter()
 
     def init_c(k: Any) -> Any:

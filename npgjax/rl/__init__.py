@@ -14,30 +14,33 @@ if _missing:
         "progress bar and traced-chunk cache too)"
     )
 
-from npgjax.rl.algos import (  # noqa: E402
-    ALGORITHMS,
-    Algorithm,
-    ENACOptions,
-    NPGOptions,
-    TRPOOptions,
-    VPGOptions,
-    register_algorithm,
-)
-from npgjax.rl.configs import ALGOS, ENV_DEFAULTS, Config, get_config  # noqa: E402
-from npgjax.rl.envs import SOLVED_RETURNS, EnvSpec, default_target, make_env  # noqa: E402
-from npgjax.rl.mesh import make_mesh  # noqa: E402
-from npgjax.rl.networks import CNN, MLP, GRUNet, TorsoHead, make_networks, orthogonal  # noqa: E402
-from npgjax.rl.policy import Policy, evaluate_policy, load_policy, save_policy  # noqa: E402
-from npgjax.rl.sharding import make_sharded_train, make_sharded_trainer  # noqa: E402
-from npgjax.rl.trainer import (  # noqa: E402
-    RunnerState,
-    Trainer,
-    make_train,
-    make_trainer,
-    run_updates,
-)
-from npgjax.rl.wrappers import KeepObservations  # noqa: E402
-from npgjax.rl.xla import compiler_options  # noqa: E402
+from npgjax._gc import paused_gc as _paused_gc  # noqa: E402
+
+with _paused_gc():  # imports run about 20% faster (npgjax/_gc.py)
+    from npgjax.rl.algos import (
+        ALGORITHMS,
+        Algorithm,
+        ENACOptions,
+        NPGOptions,
+        TRPOOptions,
+        VPGOptions,
+        register_algorithm,
+    )
+    from npgjax.rl.configs import ALGOS, ENV_DEFAULTS, Config, get_config
+    from npgjax.rl.envs import SOLVED_RETURNS, EnvSpec, default_target, make_env
+    from npgjax.rl.mesh import make_mesh
+    from npgjax.rl.networks import CNN, MLP, GRUNet, TorsoHead, make_networks, orthogonal
+    from npgjax.rl.policy import Policy, evaluate_policy, load_policy, save_policy
+    from npgjax.rl.sharding import make_sharded_train, make_sharded_trainer
+    from npgjax.rl.trainer import (
+        RunnerState,
+        Trainer,
+        make_train,
+        make_trainer,
+        run_updates,
+    )
+    from npgjax.rl.wrappers import KeepObservations
+    from npgjax.rl.xla import compiler_options
 
 __all__ = [
     "ALGORITHMS",

@@ -14,7 +14,9 @@ import sys
 from types import ModuleType
 from typing import Any
 
-_DEFERRED = ("matplotlib.pyplot", "seaborn")
+from npgjax._gc import paused_gc
+
+_DEFERRED = ("matplotlib", "matplotlib.colors", "matplotlib.pyplot", "seaborn")
 
 
 class _Deferred(ModuleType):
@@ -54,9 +56,10 @@ def _defer(name: str) -> None:
 
 def import_gymnax() -> ModuleType:
     """``import gymnax``, with seaborn and ``matplotlib.pyplot`` imported on first use."""
-    if "gymnax" not in sys.modules:
-        for name in _DEFERRED:
-            _defer(name)
-    import gymnax
+    with paused_gc():  # npgjax/_gc.py
+        if "gymnax" not in sys.modules:
+            for name in _DEFERRED:
+                _defer(name)
+        import gymnax
 
     return gymnax

@@ -1,0 +1,32 @@
+"""Python's cyclic garbage collector paused while npgjax imports and traces.
+
+Importing jax, flax and gymnax and tracing a training program allocate millions of
+long-lived objects and almost no garbage, yet the collector keeps scanning the whole
+growing heap: about 0.2 s of a 0.9 s import and a tenth of tracing on the 2-core
+development machine (``benchmarks/startup.py --gc``). Delete when the supported
+Pythons collect incrementally (CPython 3.14's collector) and the benchmark shows no gain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+
+__all__ = ["paused_gc"]
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector in the block; restore its state after.
+
+    Reference counting still frees everything not in a cycle; cycles made in the block
+    are collected at the next collection after it.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
