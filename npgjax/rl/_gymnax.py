@@ -1,6 +1,6 @@
 """Import gymnax without paying for its plotting libraries up front.
 
-gymnax imports seaborn and matplotlib.pyplot at module level, for rendering only; they
+gymnax imports seaborn and matplotlib (pyplot, colors) at module level, for rendering only; they
 take about 1 s of a 2 s start. Before gymnax is imported, each is put in
 ``sys.modules`` as a stand-in that imports the real module on its first attribute
 access and forwards to it from then on, so rendering and plotting still work.
@@ -55,7 +55,7 @@ def _defer(name: str) -> None:
 
 
 def import_gymnax() -> ModuleType:
-    """``import gymnax``, with seaborn and ``matplotlib.pyplot`` imported on first use."""
+    """``import gymnax``, with seaborn and matplotlib (pyplot, colors) imported on first use."""
     with paused_gc():  # npgjax/_gc.py
         if "gymnax" not in sys.modules:
             for name in _DEFERRED:
