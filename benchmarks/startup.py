@@ -16,7 +16,13 @@ npgjax.train`` with the ml_dtypes installed in this environment and with ``--oth
 first on ``PYTHONPATH``. It prints the median seconds of each import and of ml_dtypes'
 own import (``-X importtime``), and the machine.
 
-Run: ``.venv/bin/python benchmarks/startup.py`` (about 30 s).
+With ``--gc`` it measures instead what ``npgjax/_gc.py``'s pauses of Python's cyclic
+garbage collector save: ``import npgjax.train`` with npgjax as shipped, with the pauses
+replaced by no-ops (a stand-in ``npgjax._gc`` put in ``sys.modules`` by the probe), and
+with the collector off for the whole process, in fresh processes, alternating. Delete the
+pauses when the first two show no difference.
+
+Run: ``.venv/bin/python benchmarks/startup.py`` (about 30 s); ``--gc`` (about 40 s).
 """
 
 from __future__ import annotations
@@ -60,14 +66,48 @@ def probe(module: str, site: Path | None) -> dict:
             "ml_dtypes_seconds": int(own.group(1)) / 1e6 if own else float("nan")}
 
 
+GC_PROBES = {
+    "pauses (as shipped)": "",
+    "no pauses": ("import sys, types, contextlib; m = types.ModuleType('npgjax._gc'); "
+                  "m.paused_gc = contextlib.nullcontext; sys.modules['npgjax._gc'] = m; "),
+    "collector off": "import gc; gc.disable(); ",
+}
+GC_PROBE = ("import time; t = time.perf_counter(); import npgjax.train, npgjax.rl, gymnax; "
+            "print(time.perf_counter() - t)")
+
+
+def gc_table(repeat: int) -> list[dict]:
+    """Import seconds of ``npgjax.train`` (with the RL layer and gymnax) per GC variant."""
+    rows = []
+    for _ in range(repeat):
+        for name, setup in GC_PROBES.items():
+            out = subprocess.run([sys.executable, "-c", setup + GC_PROBE], cwd=ROOT,
+                                 capture_output=True, text=True, check=True)
+            rows.append({"variant": name, "seconds": float(out.stdout.split()[-1])})
+    print("| import npgjax.train, npgjax.rl, gymnax | seconds (median) | runs |")
+    print("| --- | --- | --- |")
+    for name in GC_PROBES:
+        mine = [r["seconds"] for r in rows if r["variant"] == name]
+        print(f"| {name} | {statistics.median(mine):.3f} | {len(mine)} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--other", default="0.7.0", help="ml_dtypes version to compare with")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also save the raw results here")
+    parser.add_argument("--gc", action="store_true",
+                        help="measure npgjax's garbage-collector pauses instead")
     a = parser.parse_args()
-    site = other_site(a.other)
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {load_average()}")
+    if a.gc:
+        rows = gc_table(a.repeat * 2)
+        print(f"load at the end: {load_average()}")
+        if a.json:
+            a.json.write_text(json.dumps({"cpu": cpu_model(), "rows": rows}, indent=1))
+        return
+    site = other_site(a.other)
     rows = []
     for _ in range(a.repeat):
         for module in ("jax", "npgjax.train"):
