@@ -5,8 +5,8 @@ long-lived objects and almost no garbage, yet the collector keeps scanning the w
 growing heap. Measured on the 2-core AMD EPYC (session 13, 8 alternating fresh
 processes, medians): ``import npgjax.train`` (with the RL layer and gymnax) took 1.09 s
 before, 0.94 s with these pauses, 0.89 s with the collector off for the whole process.
-Delete when the supported Pythons collect incrementally (CPython 3.14's collector) and
-the same measurement shows no gain.
+``benchmarks/startup.py --gc`` repeats the measurement side by side. Delete when the
+supported Pythons collect incrementally (CPython 3.14's collector) and it shows no gain.
 """
 
 from __future__ import annotations
