@@ -7,6 +7,7 @@ over the optimizers (issue 12).
 from __future__ import annotations
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -204,9 +205,13 @@ def test_captured_gradients_and_numpy_leaves_do_not_crash():
     _, us = jax.lax.scan(body, 0.0, None, length=2)
     g_np = jax.tree.map(np.asarray, g)
     u_np, _ = tx.update(g_np, tx.init(params), params, batch=batch)
+    # jit fuses what eager runs op by op; CG stops near a relative residual of 1e-4 here,
+    # so the two float32 solves agree to about that in norm (1.6e-4 on a 2-core AMD EPYC
+    # without AVX-512, below 1e-5 on others), not to float32's rounding per element.
+    flat_ref = np.asarray(jax.flatten_util.ravel_pytree(ref)[0])
     for out in (u, jax.tree.map(lambda x: x[1], us), u_np):
-        for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        flat = np.asarray(jax.flatten_util.ravel_pytree(out)[0])
+        assert np.linalg.norm(flat - flat_ref) <= 2e-3 * np.linalg.norm(flat_ref)
     # A NaN in such a concrete gradient is still caught with a clear error.
     nan_g = jax.tree.map(lambda x: np.asarray(x).copy() * np.nan, g)
     with pytest.raises(ValueError, match="gradient has a NaN"):
