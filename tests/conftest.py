@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
+import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -17,7 +20,24 @@ from pathlib import Path
 # An optimisation level already in XLA_FLAGS wins (e.g. =3 to run the suite at O3).
 _FLAGS = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _FLAGS:
-    os.environ["XLA_FLAGS"] = f"{_FLAGS} --xla_backend_optimization_level=1".strip()
+    _FLAGS = f"{_FLAGS} --xla_backend_optimization_level=1".strip()
+# XLA's older loop emitters for the suite's fusions: they compile in about 0.65x the
+# time of the MLIR fusion emitters and run training about 35% slower, a good trade for
+# tests, which compile far more than they run (tests/test_rl_open.py 105-121 s -> 75-77
+# s, tests/test_docs.py 345 s -> 265 s, 2-core AMD EPYC, session 16). The library's
+# compiler_options() keep the new emitters: there run time counts (benchmarks/README.md,
+# "compile_time.py"). Delete when XLA drops the flag (XLA then rejects it at start-up).
+# A value already in XLA_FLAGS wins.
+if "xla_cpu_use_fusion_emitters" not in _FLAGS:
+    _FLAGS = f"{_FLAGS} --xla_cpu_use_fusion_emitters=false"
+os.environ["XLA_FLAGS"] = _FLAGS
+
+# The command line's persistent compilation cache defaults to ~/.cache/npgjax/jax. The
+# suite must not write into a user's home, nor run faster because an earlier run left
+# entries there (CI starts cold): every process of the session, subprocesses included,
+# gets a scratch directory instead. Tests that need their own directory still set it.
+os.environ["NPGJAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="npgjax-test-cache-")
+atexit.register(shutil.rmtree, os.environ["NPGJAX_CACHE_DIR"], ignore_errors=True)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -65,6 +85,17 @@ def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str,
         raise
     (path / ".done").write_text("ok")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_compilation_cache():
+    """A test must not leave JAX's persistent compilation cache switched on (e.g. an
+    in-process ``npgjax.train.main`` without ``--no-compile-cache``): every later
+    compile of the worker would then be written to disk, which costs time."""
+    before = jax.config.jax_compilation_cache_dir
+    yield
+    assert jax.config.jax_compilation_cache_dir == before, (
+        "the test switched JAX's persistent compilation cache on and left it on")
 
 
 @pytest.fixture

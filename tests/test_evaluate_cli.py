@@ -28,7 +28,7 @@ SEEDS, SOLVED = 4, 475.0
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluate") / "cartpole"
     assert train_main(["--env", "CartPole-v1", "--seeds", str(SEEDS), "--out", str(out),
-                       "--no-plot", "--no-progress"]) == 0
+                       "--no-plot", "--no-progress", "--no-compile-cache"]) == 0
     return out, json.loads((out / "summary.json").read_text())
 
 
