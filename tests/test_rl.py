@@ -118,15 +118,21 @@ def test_enac_least_squares_equals_fisher_solve(x64):
 
     # Route 1: least squares of returns on [scores, 1] over the valid segments.
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    Psi = jax.jacrev(lambda f: seg_lp(unravel(f), batch))(flat)[np.asarray(mask)]
+    Psi = jax.jit(jax.jacrev(lambda f: seg_lp(unravel(f), batch)))(flat)[np.asarray(mask)]
     X = jnp.concatenate([Psi, jnp.ones((Psi.shape[0], 1))], axis=1)
     coef, *_ = jnp.linalg.lstsq(X, R[np.asarray(mask)], rcond=None)
     w_ls = coef[:-1]
-    # Route 2: the core's centred empirical-Fisher preconditioner on the eNAC gradient.
-    g = jax.grad(lambda p: enac_objective(seg_lp(p, batch), R, mask))(params)
+    # Route 2: the core's centred empirical-Fisher preconditioner on the eNAC gradient
+    # (under jit: one compile instead of one per eager operation, most of the time here).
     tx = npgjax.precondition_by_fisher(seg_lp, centered=True, damping=0.0,
                                        solver=npgjax.cholesky_solve)
-    nat, _ = tx.update(g, tx.init(params), params, batch=batch, fisher_mask=mask)
+
+    @jax.jit
+    def route_2(params):
+        g = jax.grad(lambda p: enac_objective(seg_lp(p, batch), R, mask))(params)
+        return tx.update(g, tx.init(params), params, batch=batch, fisher_mask=mask)[0]
+
+    nat = route_2(params)
     # The preconditioned loss gradient is minus the ascent direction w.
     assert int(mask.sum()) > flat.size + 5
     np.testing.assert_allclose(-jax.flatten_util.ravel_pytree(nat)[0], w_ls, rtol=1e-6,
