@@ -39,6 +39,19 @@ os.environ["XLA_FLAGS"] = _FLAGS
 os.environ["NPGJAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="npgjax-test-cache-")
 atexit.register(shutil.rmtree, os.environ["NPGJAX_CACHE_DIR"], ignore_errors=True)
 
+# One persistent compilation cache for the whole session: the controller creates it, and
+# the xdist workers and every subprocess inherit it through the environment. Programs
+# that take at least a second to compile are written; a worker, a subprocess or a later
+# test that compiles the same program reads it (e.g. the second multi-device subprocess
+# of tests/test_sharding_core.py). A minimum of 0 wrote thousands of small entries and
+# made the suite slower (session 15: 19:41 against 14:57); with 1 s it is about 8%
+# faster (session 17: 14:01 against 15:15). JAX_COMPILATION_CACHE_DIR already set wins.
+if "NPGJAX_TEST_JAX_CACHE" not in os.environ:
+    os.environ["NPGJAX_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="npgjax-test-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["NPGJAX_TEST_JAX_CACHE"], ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["NPGJAX_TEST_JAX_CACHE"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1.0")
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402

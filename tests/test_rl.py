@@ -63,9 +63,10 @@ def test_training_is_deterministic_and_resumable():
         return jax.lax.scan(lambda s, _: trainer.update(s), state, None, length=n)
 
     run = jax.jit(run, static_argnums=1)
-    s0 = trainer.init(key)
+    init = jax.jit(trainer.init)  # one compile, not one per eager operation
+    s0 = init(key)
     full_state, full = run(s0, 4)
-    again_state, again = run(trainer.init(key), 4)
+    again_state, again = run(init(key), 4)
     half_state, first = run(s0, 2)
     # Round-trip the state through host memory, as a checkpoint does.
     half_state = jax.tree.map(jnp.asarray, jax.device_get(half_state))

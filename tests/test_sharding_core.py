@@ -235,20 +235,27 @@ def _main() -> None:
 
 
 @pytest.fixture(scope="module")
-def measured() -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env.pop("JAX_ENABLE_X64", None)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__)], env=env, cwd=root,
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def measured(tmp_path_factory) -> dict:
+    """The subprocess's measurements, once per session (not once per xdist worker)."""
+    from .conftest import once_per_session  # here: run as a script, this is no package
+
+    def build(path) -> None:
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
+        ).strip()
+        env["JAX_PLATFORMS"] = "cpu"
+        env.pop("JAX_ENABLE_X64", None)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__)], env=env, cwd=root,
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        (path / "measured.json").write_text(proc.stdout.strip().splitlines()[-1])
+
+    path = once_per_session(tmp_path_factory, "sharding-core", build)
+    return json.loads((path / "measured.json").read_text())
 
 
 def test_four_devices(measured):
