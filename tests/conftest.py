@@ -102,9 +102,9 @@ def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str,
 
 @pytest.fixture(autouse=True)
 def _no_leaked_compilation_cache():
-    """A test must not leave JAX's persistent compilation cache switched on (e.g. an
-    in-process ``npgjax.train.main`` without ``--no-compile-cache``): every later
-    compile of the worker would then be written to disk, which costs time."""
+    """A test must not leave JAX's persistent compilation cache pointed elsewhere (e.g.
+    an in-process ``npgjax.train.main`` without ``--no-compile-cache`` turns on its own,
+    which writes every later compile of the worker to disk, however quick)."""
     before = jax.config.jax_compilation_cache_dir
     yield
     assert jax.config.jax_compilation_cache_dir == before, (

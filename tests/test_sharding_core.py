@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -237,9 +238,11 @@ def _main() -> None:
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> dict:
     """The subprocess's measurements, once per session (not once per xdist worker)."""
-    from .conftest import once_per_session  # here: run as a script, this is no package
+    # Imported here, not at the top: run as a script (the subprocess), this file has no
+    # package for the relative import.
+    from .conftest import once_per_session
 
-    def build(path) -> None:
+    def build(path: Path) -> None:
         env = dict(os.environ)
         env["XLA_FLAGS"] = (
             env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
