@@ -44,7 +44,8 @@ return that counts as solved: its first crossing is timed and the seeds that end
 are counted, on the evaluation return when evaluation is on (default: the environment's
 entry in :data:`npgjax.rl.SOLVED_RETURNS`, e.g. CartPole-v1 475, Catch-bsuite 1; the
 command says when it knows none). JAX's persistent compilation cache is used unless
-``--no-compile-cache`` (directory ``$NPGJAX_CACHE_DIR``, default ``~/.cache/npgjax/jax``);
+``--no-compile-cache`` (directory ``$NPGJAX_CACHE_DIR``, default ``~/.cache/npgjax/jax``;
+``--no-compile-cache`` also turns off one that ``$JAX_COMPILATION_CACHE_DIR`` names);
 the traced and lowered training chunk is kept there too (``jax.export``), so a warm start
 skips tracing as well as compiling. Either is rebuilt when the config, the seed count,
 the chunk size, the device, a package version or npgjax's source changes.

@@ -158,7 +158,7 @@ def test_parse_set_and_chunks():
 
 def test_warm_start_reads_the_exported_chunk(tmp_path):
     """A second process with the same cache skips lowering init and the chunk, with equal
-    results."""
+    results; a third with ``--no-compile-cache`` uses no cache at all."""
     import os
     import subprocess
     import sys
@@ -178,6 +178,23 @@ def test_warm_start_reads_the_exported_chunk(tmp_path):
     saved = sorted(p.name for p in (tmp_path / "cache" / "npgjax-export").glob("*.jaxexport"))
     assert len(saved) == 2 and saved[0] == saved[1].replace(".jaxexport", "-init.jaxexport")
     assert summaries[0]["rows"] == summaries[1]["rows"]
+    # JAX's own entries of these programs sit beside the exports ...
+    assert [p for p in (tmp_path / "cache").iterdir() if p.name != "npgjax-export"]
+    # ... and --no-compile-cache writes none and reads none, also not to or from a cache
+    # that JAX_COMPILATION_CACHE_DIR names (which the test session sets for subprocesses).
+    jax_cache = tmp_path / "jax-cache"
+    env.update(JAX_COMPILATION_CACHE_DIR=str(jax_cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    out = tmp_path / "uncached"
+    proc = subprocess.run([sys.executable, "-m", "npgjax.train", *args, "--no-compile-cache",
+                           "--out", str(out)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "summary.json").read_text())["sessions"][0]["export"] == "traced"
+    assert not jax_cache.exists() or not any(jax_cache.iterdir())
+    with open(out / "metrics.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == summaries[0]["rows"]
 
 
 def test_corrupt_exported_chunk_is_replaced(tmp_path):

@@ -244,8 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-plot", action="store_true", help="do not write the figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-compile-cache", action="store_true",
-                        help="do not use JAX's persistent compilation cache (nor save the "
-                        "exported training chunk)")
+                        help="do not use JAX's persistent compilation cache, not even one "
+                        "that JAX_COMPILATION_CACHE_DIR names (nor save the exported "
+                        "training chunk)")
     parser.add_argument("--devices", type=_positive_int, default=None, metavar="N",
                         help="devices to train on (default: all; with several processes, "
                         "all of theirs; on a CPU, N > 1 makes N host devices, which run "

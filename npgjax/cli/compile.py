@@ -9,12 +9,13 @@ import importlib.metadata
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from npgjax._gc import paused_gc
 
-__all__ = ["compile_training", "enable_compile_cache"]
+__all__ = ["compile_training", "enable_compile_cache", "no_compile_cache"]
 
 # Compiled (init, chunk) pairs of this process, keyed by (config, seeds, K): repeated
 # main() calls in one process (tests, notebooks) reuse them instead of compiling again.
@@ -36,6 +37,24 @@ def enable_compile_cache() -> str:
         with contextlib.suppress(AttributeError, KeyError, ValueError, TypeError):
             jax.config.update(name, value)
     return path
+
+
+@contextlib.contextmanager
+def no_compile_cache() -> Iterator[None]:
+    """JAX's persistent compilation cache off inside, also one that
+    ``$JAX_COMPILATION_CACHE_DIR`` names; the previous setting is restored on exit.
+
+    JAX decides whether a process uses the cache at its first compilation, so this takes
+    full effect in a process that has compiled nothing yet (``npgjax-train``).
+    """
+    import jax
+
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
 
 
 # init runs once: compiled without LLVM optimisation (also by cli/devices.py).

@@ -132,15 +132,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     devices.init_distributed(args, parser)  # before any other JAX call
+    # Before anything compiles: JAX decides whether a process uses its persistent cache
+    # (and which directory) at the first compilation.
+    from npgjax.cli.compile import enable_compile_cache, no_compile_cache
+
+    if args.no_compile_cache:
+        with no_compile_cache():
+            return _setup_and_train(args, parser, None, t_start)
+    return _setup_and_train(args, parser, enable_compile_cache(), t_start)
+
+
+def _setup_and_train(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                     cache_dir: str | None, t_start: float) -> int:
+    """Build the trainer and the run's outputs, then train (the lock held throughout)."""
     config = _config_from_args(args, parser)
     if args.tensorboard and not io.tensorboard_available():
         parser.error("--tensorboard needs tensorboardX, which is not installed: "
                      "pip install 'npgjax[tensorboard]'")
-
-    from npgjax.cli.compile import enable_compile_cache
-
-    cache_dir = None if args.no_compile_cache else enable_compile_cache()
-
     from npgjax.rl.trainer import make_trainer
 
     try:
