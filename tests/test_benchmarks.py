@@ -45,3 +45,16 @@ def test_compare_sb3_vmapped_worker(compare_sb3):
     assert r["env_steps_per_seed"] == 64 and r["env_steps_total"] == 128
     assert len(r["final_returns"]) == 2 and r["num_solved"] == 0
     assert r["steps_per_s"] > 0 and r["compile_s"] > 0
+
+
+def test_suite_time_reads_pytest_summaries():
+    """benchmarks/suite_time.py finds pytest's summary in -q and in full output."""
+    spec = importlib.util.spec_from_file_location(
+        "suite_time", ROOT / "benchmarks" / "suite_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    quiet = "....\n[gw0] ...\n425 passed, 8 skipped in 391.23s (0:06:31)\n"
+    full = "===== 3 passed, 1 warning in 2.50s =====\n"
+    assert module.SUMMARY.search(quiet).groups() == ("425 passed, 8 skipped", "391.23")
+    assert module.SUMMARY.search(full).groups() == ("3 passed, 1 warning", "2.50")
+    assert module.SUMMARY.search("1 failed, 2 passed in 3.0s") is None
