@@ -6,18 +6,30 @@ import os
 import platform
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what platform reports."""
-    model = platform.processor()
+def _cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in /proc/cpuinfo (None where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return model or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what platform reports."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_mhz() -> float | None:
+    """The first core's current clock from /proc/cpuinfo (None where there is none)."""
+    mhz = _cpuinfo("cpu MHz")
+    try:
+        return float(mhz) if mhz else None
+    except ValueError:
+        return None
 
 
 def load_average() -> list[float] | None:

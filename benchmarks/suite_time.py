@@ -27,22 +27,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model, load_average
+from _machine import cpu_mhz, cpu_model, load_average
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY = re.compile(r"^=*\s*(\d+ passed.*?) in ([\d.]+)s", re.M)
-
-
-def cpu_mhz() -> float | None:
-    """The first core's current clock from /proc/cpuinfo (None where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("cpu MHz"):
-                    return float(line.split(":", 1)[1])
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
