@@ -80,3 +80,43 @@ def test_command_line_compiles_with_the_options(path, monkeypatch):
             compile_sharded(cfg, make_mesh(1), keys, 3)
         else:
             compile_training(make_trainer(cfg), keys, 3)
+
+
+def _draws(k):
+    k1, k2 = jax.random.split(k)
+    return (jax.random.bits(k1, (257,)), jax.random.uniform(k2, (3, 5)),
+            jax.random.categorical(k, jax.numpy.zeros((64, 3))), jax.random.split(k2, 4))
+
+
+def test_unrolled_threefry_same_bits_without_loops():
+    # On the CPU JAX lowers each threefry hash to a while loop; unrolled_threefry() lowers
+    # the same hash as straight-line code, for the same bits. When the first assertion
+    # fails, JAX no longer rolls threefry on the CPU: delete unrolled_threefry.
+    from npgjax.rl.xla import unrolled_threefry
+
+    key = jax.random.PRNGKey(7)
+    rolled = jax.jit(_draws).lower(key)
+    if jax.default_backend() == "cpu":
+        assert "stablehlo.while" in rolled.as_text()
+    with pytest.raises(RuntimeError, match="inside"), unrolled_threefry():
+        with unrolled_threefry():  # nested
+            unrolled = jax.jit(lambda k: _draws(k)).lower(key)  # a new function: not cached
+        raise RuntimeError("inside")
+    assert "stablehlo.while" not in unrolled.as_text()
+    if jax.default_backend() == "cpu":  # the rule is back after both exits
+        assert "stablehlo.while" in jax.jit(lambda k: _draws(k)).lower(key).as_text()
+    for a, b in zip(jax.tree.leaves(rolled.compile()(key)),
+                    jax.tree.leaves(unrolled.compile()(key)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_command_line_lowers_threefry_unrolled(tmp_path):
+    # compile_training's lowering (fresh and through jax.export) is inside unrolled_threefry.
+    from npgjax.cli.compile import _lowered
+
+    key = jax.random.PRNGKey(3)
+    for path in (None, tmp_path / "draws.jaxexport"):
+        lowered, how = _lowered(_draws, {}, [key], path)
+        assert how in ("traced", "saved")
+        assert "stablehlo.while" not in lowered.as_text()
+        np.testing.assert_array_equal(lowered.compile()(key)[0], jax.jit(_draws)(key)[0])

@@ -123,11 +123,15 @@ def _exported(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[Any, s
 
 def _lowered(fn: Any, kw: dict, args: list[Any], path: Path | None) -> tuple[Any, str]:
     """``fn`` lowered through ``jax.export`` (:func:`_exported`), or directly when that
-    fails; with what happened to the export."""
+    fails; with what happened to the export. Threefry is lowered unrolled
+    (:func:`npgjax.rl.xla.unrolled_threefry`: the same bits, a faster rollout)."""
     import jax
 
-    exp, how = _exported(jax.jit(fn, **kw), args, path)
-    return jax.jit(exp.call if exp is not None else fn, **kw).lower(*args), how
+    from npgjax.rl.xla import unrolled_threefry
+
+    with unrolled_threefry():
+        exp, how = _exported(jax.jit(fn, **kw), args, path)
+        return jax.jit(exp.call if exp is not None else fn, **kw).lower(*args), how
 
 
 def _lower_pair(init: tuple[Any, dict, list], chunk: tuple[Any, dict, list],
