@@ -13,6 +13,9 @@ Level 0 saves little more compile time and doubles the run time.
 Lower LLVM optimisation does change floating-point rounding (instruction selection and
 contraction differ), so the same seed can end differently, as it does on another CPU:
 compare learning rates over many seeds, not single runs.
+
+:func:`unrolled_threefry` lowers JAX's PRNG without its CPU while loops (the same bits):
+one-seed rollouts, chains of small kernels, run faster.
 """
 
 from __future__ import annotations
@@ -78,13 +81,14 @@ def unrolled_threefry() -> Iterator[None]:
     settings takes 2.1 ms unrolled against 3.1 ms rolled, one update 0.92x the time on
     one device and 0.95x with ``--shard tasks`` (``benchmarks/threefry.py``, 2-core AMD
     EPYC); the compile time and the 16-seed vmapped run did not change beyond the noise
-    (the seeds share each launch). The
-    command line lowers its programs inside this (``npgjax.cli.compile``).
+    (the seeds share each launch). The command line lowers its programs inside this
+    (``npgjax.cli.compile``).
 
     This swaps an entry of JAX's internal table of CPU lowering rules and restores it on
     exit, so it affects only what is lowered inside (jit caches lowerings: lower a new
-    function). Where that table is not found it does nothing. Delete it when JAX stops
-    rolling threefry on the CPU (``tests/test_xla.py`` checks that it still does).
+    function), in any thread of the process meanwhile (the same bits, so harmless).
+    Where that table is not found it does nothing. Delete it when JAX stops rolling
+    threefry on the CPU (``tests/test_xla.py`` checks that it still does).
 
     Examples:
       >>> import jax
