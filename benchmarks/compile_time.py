@@ -7,12 +7,16 @@ variants alternate, ``--repeat`` times, so that a noisy machine hits them alike:
 
 * ``defaults``: XLA's default options (a plain ``jax.jit``);
 * ``fast``: :func:`npgjax.rl.compiler_options` (on the CPU LLVM O1 instead of O3);
+* ``unrolled`` (with ``--unrolled``): ``fast``, lowered inside
+  :func:`npgjax.rl.xla.unrolled_threefry`, as the command line lowers (see
+  ``threefry.py``);
 * ``baseline``: with ``--baseline PATH``, another npgjax source tree with XLA's
   defaults, e.g. the code issue 13 measured (``git worktree add /tmp/npgjax-89c29e2
   89c29e2``; it has no ``eval_return`` yet), imported through ``PYTHONPATH``.
 
     .venv/bin/python benchmarks/compile_time.py --repeat 3
     .venv/bin/python benchmarks/compile_time.py --repeat 3 --baseline /tmp/npgjax-89c29e2
+    .venv/bin/python benchmarks/compile_time.py --repeat 2 --unrolled
 """
 
 from __future__ import annotations
@@ -32,20 +36,24 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK = "RESULT_JSON "
 
 WORKER = """
-import json, sys, time
+import contextlib, json, sys, time
 t0 = time.time()
 import jax, numpy as np
 import npgjax
 from npgjax.rl import get_config, make_train
-fast = sys.argv[1] == "fast"
-opts = None
+fast = sys.argv[1] in ("fast", "unrolled")
+opts, lowering = None, contextlib.nullcontext()
 if fast:
     from npgjax.rl import compiler_options
     opts = compiler_options()
+if sys.argv[1] == "unrolled":
+    from npgjax.rl.xla import unrolled_threefry
+    lowering = unrolled_threefry()
 cfg = get_config("CartPole-v1", "npg", total_timesteps=100_000)
 keys = jax.random.split(jax.random.PRNGKey(0), int(sys.argv[2]))
 t1 = time.time()
-lowered = jax.jit(jax.vmap(make_train(cfg))).lower(keys)
+with lowering:
+    lowered = jax.jit(jax.vmap(make_train(cfg))).lower(keys)
 t2 = time.time()
 compiled = lowered.compile(opts)
 t3 = time.time()
@@ -54,7 +62,7 @@ t4 = time.time()
 ret = np.asarray(m["train_return"] if "train_return" in m else m["return"])[:, -1]
 print("RESULT_JSON " + json.dumps({"import_s": t1 - t0, "trace_s": t2 - t1,
       "xla_s": t3 - t2, "run_s": t4 - t3, "train_at_475": int((ret >= 475).sum()),
-      "npgjax": npgjax.__file__}))
+      "returns_sum": float(ret.sum()), "npgjax": npgjax.__file__}))
 """
 
 
@@ -75,9 +83,13 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--seeds", type=int, default=16)
     p.add_argument("--baseline", type=Path, help="another npgjax source tree (its root)")
+    p.add_argument("--unrolled", action="store_true",
+                   help="also the fast variant with threefry lowered unrolled")
     p.add_argument("--json", help="write the runs to this file")
     a = p.parse_args()
     variants = [("defaults", "defaults", ROOT), ("fast", "fast", ROOT)]
+    if a.unrolled:
+        variants.append(("unrolled", "unrolled", ROOT))
     if a.baseline:
         variants.insert(0, ("baseline", "defaults", a.baseline.resolve()))
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {load_average()}; "
@@ -99,6 +111,9 @@ def main() -> None:
     for k in med:
         if k != "fast":
             print(f"fast / {k}: {med['fast'] / med[k]:.2f}")
+    if a.unrolled and {r["returns_sum"] for k in ("fast", "unrolled") for r in runs[k]} != {
+            runs["fast"][0]["returns_sum"]}:
+        raise SystemExit("fast and unrolled disagree: unrolled threefry changed the results")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": cpu_model(), "seeds": a.seeds, "runs": runs,

@@ -3,20 +3,18 @@
 On the CPU JAX lowers each threefry hash to a small while loop; the command line lowers
 its programs inside :func:`npgjax.rl.xla.unrolled_threefry` instead, which gives the
 same bits as straight-line code. This measures what that changes, both variants compiled
-in one process (LLVM O1, :func:`npgjax.rl.compiler_options`) and timed alternately
-(blocks of 10 calls), with
-the RL-zoo CartPole-v1 TRPO settings of ``compare_sb3.py`` (2 envs x 512 steps):
+in one process (LLVM O1, :func:`npgjax.rl.compiler_options`) and timed alternately in
+blocks of 10 calls, with the RL-zoo CartPole-v1 TRPO settings of ``compare_sb3.py`` (2
+envs x 512 steps):
 
 * ``rollout``: one rollout of 512 steps (``npgjax.rl.rollout.collect``), one seed;
 * ``update``: a chunk of 7 updates, one seed, one device;
-* ``update --shard tasks``: the same on two host devices (``npgjax.rl.tasks``);
-* with ``--vmapped N`` (fresh processes, N alternating repeats): the 16-seed CartPole-v1
-  NPG run of ``compile_time.py``, its trace + XLA compile and run time.
+* ``update --shard tasks``: the same on two host devices (``npgjax.rl.tasks``).
 
-Each pair's outputs are checked bit for bit (a mismatch stops the script).
+Each pair's outputs are checked bit for bit (a mismatch stops the script). The 16-seed
+vmapped run, compiled both ways in fresh processes: ``compile_time.py --unrolled``.
 
-    .venv/bin/python benchmarks/threefry.py              # about 1 minute
-    .venv/bin/python benchmarks/threefry.py --vmapped 2  # plus about 2 minutes
+    .venv/bin/python benchmarks/threefry.py              # about 45 s
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,30 +31,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_mhz, cpu_model, load_average
 
-MARK = "RESULT_JSON "
 # Calls of one program in a row: alternating every call about doubled the rollout's
 # time (both variants), as the caches and threads of one program go cold.
 BLOCK = 10
-VMAPPED = """
-import json, sys, time, contextlib
-import jax, numpy as np
-from npgjax.rl import compiler_options, get_config, make_train
-from npgjax.rl.xla import unrolled_threefry
-ctx = unrolled_threefry() if sys.argv[1] == "unrolled" else contextlib.nullcontext()
-keys = jax.random.split(jax.random.PRNGKey(0), 16)
-cfg = get_config("CartPole-v1", "npg", total_timesteps=100_000)
-t1 = time.time()
-with ctx:
-    lowered = jax.jit(jax.vmap(make_train(cfg))).lower(keys)
-t2 = time.time()
-compiled = lowered.compile(compiler_options())
-t3 = time.time()
-_, m = jax.block_until_ready(compiled(keys))
-t4 = time.time()
-ret = np.asarray(m["train_return"])
-print("RESULT_JSON " + json.dumps({"trace_s": t2 - t1, "xla_s": t3 - t2, "run_s": t4 - t3,
-      "at_475": int((ret[:, -1] >= 475).sum()), "returns_sum": float(ret.sum())}))
-"""
 
 
 def _equal(a, b) -> bool:
@@ -139,30 +115,9 @@ def in_process(reps: int) -> dict:
     return res
 
 
-def vmapped(repeat: int) -> dict:
-    runs: dict[str, list[dict]] = {"rolled": [], "unrolled": []}
-    print("\n| 16 seeds, NPG 100k | repeat | trace + XLA s | run s | seeds at 475 |")
-    print("| --- | --- | --- | --- | --- |")
-    for rep in range(repeat):
-        for v in runs:
-            p = subprocess.run([sys.executable, "-c", VMAPPED, v], capture_output=True,
-                               text=True, timeout=900, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-            lines = [ln for ln in p.stdout.splitlines() if ln.startswith(MARK)]
-            if p.returncode or not lines:
-                raise SystemExit(f"{v} failed:\n{p.stderr[-3000:]}")
-            r = json.loads(lines[-1][len(MARK):])
-            runs[v].append(r)
-            print(f"| {v} | {rep} | {r['trace_s'] + r['xla_s']:.2f} | {r['run_s']:.1f} | "
-                  f"{r['at_475']}/16 |", flush=True)
-    if len({r["returns_sum"] for v in runs.values() for r in v}) != 1:
-        raise SystemExit("the 16-seed runs disagree between rolled and unrolled threefry")
-    return runs
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=200, help="rollout calls per variant")
-    p.add_argument("--vmapped", type=int, default=0, help="repeats of the 16-seed run")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args()
     import jax
@@ -170,8 +125,6 @@ def main() -> None:
     print(f"machine: {cpu_model()} at {cpu_mhz()} MHz, {os.cpu_count()} CPUs, load "
           f"{load_average()}; jax {jax.__version__}")
     res = {"machine": cpu_model(), "in_process": in_process(a.reps)}
-    if a.vmapped:
-        res["vmapped"] = vmapped(a.vmapped)
     print(f"load at end {load_average()}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))

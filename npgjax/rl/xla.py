@@ -81,14 +81,18 @@ def unrolled_threefry() -> Iterator[None]:
     settings takes 2.1 ms unrolled against 3.1 ms rolled, one update 0.92x the time on
     one device and 0.95x with ``--shard tasks`` (``benchmarks/threefry.py``, 2-core AMD
     EPYC); the compile time and the 16-seed vmapped run did not change beyond the noise
-    (the seeds share each launch). The command line lowers its programs inside this
-    (``npgjax.cli.compile``).
+    (the seeds share each launch; ``benchmarks/compile_time.py --unrolled``). The
+    command line lowers its programs inside this (``npgjax.cli.compile``).
 
     This swaps an entry of JAX's internal table of CPU lowering rules and restores it on
     exit, so it affects only what is lowered inside (jit caches lowerings: lower a new
     function), in any thread of the process meanwhile (the same bits, so harmless).
     Where that table is not found it does nothing. Delete it when JAX stops rolling
     threefry on the CPU (``tests/test_xla.py`` checks that it still does).
+
+    Yields:
+      Nothing; what is lowered inside (``jax.jit(f).lower``, ``jax.export``) has threefry
+      unrolled. Compile and run it anywhere afterwards.
 
     Examples:
       >>> import jax
