@@ -29,7 +29,15 @@ with _paused_gc():  # imports run about 20% faster (npgjax/_gc.py)
     from npgjax.rl.configs import ALGOS, ENV_DEFAULTS, Config, get_config
     from npgjax.rl.envs import SOLVED_RETURNS, EnvSpec, default_target, make_env
     from npgjax.rl.mesh import make_mesh
-    from npgjax.rl.networks import CNN, MLP, GRUNet, TorsoHead, make_networks, orthogonal
+    from npgjax.rl.networks import (
+        CNN,
+        MLP,
+        GRUNet,
+        TorsoHead,
+        dense_dot_general,
+        make_networks,
+        orthogonal,
+    )
     from npgjax.rl.policy import Policy, evaluate_policy, load_policy, save_policy
     from npgjax.rl.sharding import make_sharded_train, make_sharded_trainer
     from npgjax.rl.trainer import (
@@ -64,6 +72,7 @@ __all__ = [
     "VPGOptions",
     "compiler_options",
     "default_target",
+    "dense_dot_general",
     "evaluate_policy",
     "get_config",
     "load_policy",

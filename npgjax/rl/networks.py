@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from npgjax.rl.layers import _ACTIVATIONS, MLP, PatchConv, orthogonal
+from npgjax.rl.layers import _ACTIVATIONS, MLP, PatchConv, dense_dot_general, orthogonal
 
 __all__ = [
-    "CNN", "MLP", "NETWORKS", "GRUNet", "PatchConv", "TorsoHead", "make_networks", "orthogonal",
+    "CNN", "MLP", "NETWORKS", "GRUNet", "PatchConv", "TorsoHead", "dense_dot_general",
+    "make_networks", "orthogonal",
 ]
 
 
@@ -102,7 +103,8 @@ class TorsoHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        return nn.Dense(self.out, kernel_init=orthogonal(self.out_scale))(self.torso(x))
+        return nn.Dense(self.out, kernel_init=orthogonal(self.out_scale),
+                        dot_general=dense_dot_general)(self.torso(x))
 
 
 class GRUNet(nn.Module):
@@ -136,7 +138,8 @@ class GRUNet(nn.Module):
     def __call__(self, carry: jnp.ndarray, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         cell = nn.GRUCell(self.hidden_size, recurrent_kernel_init=orthogonal())
         carry, y = cell(carry, self.torso(x))
-        return carry, nn.Dense(self.out, kernel_init=orthogonal(self.out_scale))(y)
+        return carry, nn.Dense(self.out, kernel_init=orthogonal(self.out_scale),
+                               dot_general=dense_dot_general)(y)
 
     def initial_carry(self, n: int) -> jnp.ndarray:
         """The zero hidden state of ``n`` environments, ``[n, hidden_size]``."""
