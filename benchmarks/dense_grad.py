@@ -31,6 +31,7 @@ from pathlib import Path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_mhz, cpu_model, load_average
+from threefry import same_bits
 
 WIDTHS = ((4, 64), (64, 64), (64, 3), (64, 2), (64, 1))
 SAMPLES = 1024
@@ -51,14 +52,6 @@ def plain_dense():
         yield
     finally:
         layers.dense_dot_general, networks.dense_dot_general = saved
-
-
-def _equal(a, b) -> bool:
-    import jax
-    import numpy as np
-
-    return all(np.array_equal(x, y, equal_nan=True)
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def _time(programs: dict, args: tuple, calls: int) -> dict[str, float]:
@@ -85,7 +78,7 @@ def _compiled_pair(name: str, make, args: tuple, jit_kw: dict | None = None) -> 
     for label, dg in (("lax", jax.lax.dot_general), ("dense_dot_general", dense_dot_general)):
         progs[label] = jax.jit(make(dg), **(jit_kw or {})).lower(*args).compile(
             compiler_options())
-    if not _equal(*(jax.block_until_ready(c(*args)) for c in progs.values())):
+    if not same_bits(*(jax.block_until_ready(c(*args)) for c in progs.values())):
         raise SystemExit(f"{name}: lax.dot_general and dense_dot_general disagree")
     return progs
 

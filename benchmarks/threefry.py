@@ -36,7 +36,8 @@ from _machine import cpu_mhz, cpu_model, load_average
 BLOCK = 10
 
 
-def _equal(a, b) -> bool:
+def same_bits(a, b) -> bool:
+    """Whether two pytrees of arrays are equal bit for bit (NaNs included)."""
     import jax
     import numpy as np
 
@@ -59,7 +60,7 @@ def _pair(name: str, fn, args, reps: int, jit_kw: dict | None = None) -> dict:
     unrolled = lowered.compile(compiler_options())
     whiles = [c.as_text().count(" while(") for c in (rolled, unrolled)]
     out = [jax.block_until_ready(c(*args)) for c in (rolled, unrolled)]
-    if not _equal(*out):
+    if not same_bits(*out):
         raise SystemExit(f"{name}: rolled and unrolled threefry disagree")
     times: dict[str, list[float]] = {"rolled": [], "unrolled": []}
     for _ in range(max(reps // BLOCK, 1)):  # blocks of calls, as a training loop runs
