@@ -294,10 +294,10 @@ def worker_sb3(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _npgjax_setup(spec: dict[str, Any]) -> tuple[Any, Any, float]:
-    """Import jax with the persistent compilation cache in spec["cache_dir"]; config."""
-    # npgjax first, as `npgjax-train` starts: jax is imported by it (with the GC paused).
-    import npgjax.train  # noqa: F401, I001
+def _npgjax_jax(spec: dict[str, Any]) -> Any:
+    """Import jax (as `npgjax.cli.warm` imports it: with the GC paused), with two host
+    devices for tasks and the persistent cache in spec["cache_dir"]."""
+    import npgjax.cli.warm  # noqa: F401, I001
     import jax
 
     if spec.get("tasks"):  # two host devices for --shard tasks, before JAX starts
@@ -308,20 +308,43 @@ def _npgjax_setup(spec: dict[str, Any]) -> tuple[Any, Any, float]:
         jax.config.update("jax_compilation_cache_dir", spec["cache_dir"])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return jax
+
+
+def _npgjax_config(spec: dict[str, Any]) -> Any:
+    import npgjax.train  # noqa: F401  (the command line's imports, with the RL layer)
     from npgjax.rl import get_config
 
+    return get_config(ENV_ID, "trpo", total_timesteps=spec["total_timesteps"],
+                      **_npgjax_overrides(spec))
+
+
+def _npgjax_overrides(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = dict(NPGJAX_CONFIG, **spec.get("overrides", {}))
     cfg["hidden"] = tuple(cfg["hidden"])
-    config = get_config(ENV_ID, "trpo", total_timesteps=spec["total_timesteps"], **cfg)
-    return jax, config, time.time() - spec["t0"]
+    return cfg
 
 
-def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
-    """npgjax TRPO for one seed in jitted chunks; times relative to spec["t0"]."""
-    t0 = spec["t0"]
-    jax, config, t_imported = _npgjax_setup(spec)
-    import numpy as np
+def _npgjax_request(spec: dict[str, Any]) -> dict[str, Any]:
+    """What decides the config and the chunk: the key of the warm-start manifest."""
+    return {"env": ENV_ID, "algo": "trpo", "total_timesteps": spec["total_timesteps"],
+            "overrides": _npgjax_overrides(spec), "chunk_updates": spec["chunk_updates"],
+            "shard": "tasks" if spec.get("tasks") else None}
 
+
+def _npgjax_compiled(spec: dict[str, Any], jax: Any, keys: Any) -> dict[str, Any]:
+    """The init and chunk programs: read back without the trainer when an earlier run
+    saved them (`npgjax.cli.warm.load_training`), else built and compiled as the
+    command line compiles them (`compile_training`)."""
+    from npgjax.cli.warm import load_training
+
+    t_c0 = time.time()
+    warm = load_training(spec.get("cache_dir"), _npgjax_request(spec), keys)
+    if warm is not None:
+        return {"init": warm.init, "chunk": warm.run_chunk, "K": warm.chunk,
+                "num_updates": warm.num_updates, "B": warm.batch_size, "export": "warm",
+                "trace_s": None, "xla_s": None, "t_c0": t_c0, "t_c2": time.time()}
+    config = _npgjax_config(spec)
     from npgjax.rl import make_trainer
     from npgjax.train import choose_chunk_updates, compile_training
 
@@ -335,44 +358,57 @@ def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         trainer = make_trainer(config)
     K = choose_chunk_updates(config.num_updates, spec["chunk_updates"])
-    n_chunks = config.num_updates // K
-    B = config.batch_size
+    t_c0 = time.time()
+    init_c, chunk_c, trace_s, xla_s, _ = compile_training(
+        trainer, keys, K, spec.get("cache_dir"), mesh=mesh, request=_npgjax_request(spec))
+    return {"init": init_c, "chunk": chunk_c, "K": K, "num_updates": config.num_updates,
+            "B": config.batch_size, "export": getattr(chunk_c, "export", None),
+            "trace_s": trace_s, "xla_s": xla_s, "t_c0": t_c0, "t_c2": time.time()}
+
+
+def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
+    """npgjax TRPO for one seed in jitted chunks; times relative to spec["t0"]."""
+    t0 = spec["t0"]
+    jax = _npgjax_jax(spec)
+    t_imported = time.time() - t0
+    import numpy as np
+
     # One seed, batched as the command line batches seeds, and compiled as it compiles.
     keys = jax.random.PRNGKey(spec["seed"])[None]
-    t_c0 = time.time()
-    init_c, chunk_c, trace_s, xla_s, _ = compile_training(trainer, keys, K,
-                                                          spec.get("cache_dir"), mesh=mesh)
-    t_c2 = time.time()
-    state = init_c(keys)
+    c = _npgjax_compiled(spec, jax, keys)
+    chunk_c, K, B = c["chunk"], c["K"], c["B"]
+    n_chunks = c["num_updates"] // K
+    state = c["init"](keys)
     returns: list[float] = []
     chunk_s: list[float] = []
     solved = None
-    for c in range(n_chunks):
+    for i_chunk in range(n_chunks):
         t = time.perf_counter()
-        state, m = chunk_c(state, c * K)  # the chunk's first update index
+        state, m = chunk_c(state, i_chunk * K)  # the chunk's first update index
         ret = np.asarray(m["train_return"], np.float64)[0]  # one seed; waits for the chunk
         chunk_s.append(time.perf_counter() - t)
         returns.extend(float(r) for r in ret)
         i = first_crossing(ret, spec["target"])
         if solved is None and i is not None:
             solved = {
-                "env_steps": (c * K + i + 1) * B,
+                "env_steps": (i_chunk * K + i + 1) * B,
                 "seconds_since_start": time.time() - t0,  # end of this chunk
-                "chunks": c + 1,
+                "chunks": i_chunk + 1,
             }
     steady = chunk_s[1:] or chunk_s
     return {
         "seed": spec["seed"],
         "cache": spec["cache_label"],
-        "import_s": t_imported,
-        "compile_s": t_c2 - t_c0,  # tracing, lowering and XLA (or the cache) together
-        "trace_lower_s": trace_s,
-        "export": getattr(chunk_c, "export", None),
-        "xla_compile_s": xla_s,
-        "ready_s": t_c2 - t0,  # process start to compiled (imports, tracing, compiling)
+        "import_s": t_imported,  # jax and npgjax's core
+        "compile_s": c["t_c2"] - c["t_c0"],  # tracing, lowering and XLA (or the cache)
+        "setup_s": c["t_c0"] - t0 - t_imported,  # RL layer, config, trainer (cold path)
+        "trace_lower_s": c["trace_s"],
+        "export": c["export"],
+        "xla_compile_s": c["xla_s"],
+        "ready_s": c["t_c2"] - t0,  # process start to compiled (imports, tracing, compiling)
         "chunk_updates": K,
         "chunks": n_chunks,
-        "env_steps": config.num_updates * B,
+        "env_steps": n_chunks * K * B,
         "train_s": sum(chunk_s),
         "first_chunk_s": chunk_s[0],
         "steps_per_s": len(steady) * K * B / sum(steady),
@@ -388,7 +424,9 @@ def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
 def worker_npgjax_vmap(spec: dict[str, Any]) -> dict[str, Any]:
     """npgjax TRPO, several seeds vmapped in one jit over the whole run."""
     t0 = spec["t0"]
-    jax, config, t_imported = _npgjax_setup(spec)
+    jax = _npgjax_jax(spec)
+    config = _npgjax_config(spec)
+    t_imported = time.time() - t0
     import numpy as np
 
     from npgjax.rl import compiler_options, make_train
@@ -539,9 +577,11 @@ def print_run(label: str, r: dict[str, Any]) -> None:
                  f"{r['torch_num_threads']}"
                  + (" [STOPPED at the time limit]" if r["stopped_at_time_limit"] else ""))
     else:
-        extra = (f"imports {r['import_s']:.1f} s, compile {r['compile_s']:.1f} s (trace+lower "
-                 f"{r['trace_lower_s']:.1f} + XLA/cache {r['xla_compile_s']:.1f}), ready "
-                 f"{r['ready_s']:.1f} s, train {r['train_s']:.1f} s, "
+        how = (f"{r['export']}: read back by load_training" if r["export"] == "warm"
+               else f"setup {r['setup_s']:.1f} s, trace+lower {r['trace_lower_s']:.1f} + "
+               f"XLA/cache {r['xla_compile_s']:.1f}, export {r['export']}")
+        extra = (f"imports {r['import_s']:.1f} s, compile {r['compile_s']:.1f} s ({how}), "
+                 f"ready {r['ready_s']:.1f} s, train {r['train_s']:.1f} s, "
                  f"{r['steps_per_s']:,.0f} steps/s steady")
     print(f"  {label:22} {where}; final return {_f(r['final_return'])}")
     print(f"  {'':22} {extra}; {cpu}; load before {r['load_average_before']}")

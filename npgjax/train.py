@@ -47,8 +47,10 @@ command says when it knows none). JAX's persistent compilation cache is used unl
 ``--no-compile-cache`` (directory ``$NPGJAX_CACHE_DIR``, default ``~/.cache/npgjax/jax``;
 ``--no-compile-cache`` also turns off one that ``$JAX_COMPILATION_CACHE_DIR`` names);
 the traced and lowered training chunk is kept there too (``jax.export``), so a warm start
-skips tracing as well as compiling. Either is rebuilt when the config, the seed count,
-the chunk size, the device, a package version or npgjax's source changes.
+skips tracing as well as compiling, and a manifest keyed by the command's options lets it
+start reading both programs before it builds the config and the trainer
+(:mod:`npgjax.cli.warm`). Either is rebuilt when the config, the seed count, the chunk
+size, the device, a package version or npgjax's source changes.
 
 Devices and hosts: ``--devices N`` trains on the first N devices (default: all) and
 ``--shard seeds|envs|both`` says what is split over them: the seeds (the default), the

@@ -8,6 +8,7 @@ matplotlib cannot be imported (as after ``pip install npgjax`` without extras).
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import pathlib
@@ -215,3 +216,22 @@ def test_version_is_written_once():
     ]
     assert hits == [pathlib.Path("npgjax/_version.py")]
     assert f"## [{npgjax.__version__}]" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_lazy_names_match_all_and_the_static_imports():
+    """``import npgjax`` loads each public name on first use (``_EXPORTS``): the table,
+    ``__all__`` and the imports that type checkers and the docs read must agree."""
+    tree = ast.parse((ROOT / "npgjax" / "__init__.py").read_text())
+    (block,) = [n for n in tree.body if isinstance(n, ast.If)]  # if _TYPE_CHECKING:
+    static = {a.name: node.module for node in block.body for a in node.names}
+    assert static == npgjax._EXPORTS
+    assert set(npgjax.__all__) == set(npgjax._EXPORTS)
+    for name, module in npgjax._EXPORTS.items():
+        assert getattr(npgjax, name) is getattr(importlib.import_module(module), name)
+    assert npgjax.solvers is importlib.import_module("npgjax.solvers")  # submodules too
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        npgjax.nope  # noqa: B018
+    proc = subprocess.run([sys.executable, "-c", "import sys, npgjax; print(sorted("
+                           "m for m in ('jax', 'optax', 'chex') if m in sys.modules))"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]

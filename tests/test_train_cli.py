@@ -157,8 +157,9 @@ def test_parse_set_and_chunks():
 
 
 def test_warm_start_reads_the_exported_chunk(tmp_path):
-    """A second process with the same cache skips lowering init and the chunk, with equal
-    results; a third with ``--no-compile-cache`` uses no cache at all."""
+    """A second process with the same cache reads both programs before building the
+    trainer (npgjax/cli/warm.py), a third without that manifest skips lowering them, all
+    with equal results; a fourth with ``--no-compile-cache`` uses no cache at all."""
     import os
     import subprocess
     import sys
@@ -166,7 +167,11 @@ def test_warm_start_reads_the_exported_chunk(tmp_path):
     args = [a for a in TINY if a != "--no-compile-cache"] + ["--no-plot"]
     env = dict(os.environ, NPGJAX_CACHE_DIR=str(tmp_path / "cache"))
     summaries = []
-    for name in ("first", "second"):
+    export_dir = tmp_path / "cache" / "npgjax-export"
+    for name in ("first", "second", "third"):
+        if name == "third":  # without the warm-start manifest: the export by the config
+            for manifest in export_dir.glob("*.warm.json"):
+                manifest.unlink()
         out = tmp_path / name
         proc = subprocess.run([sys.executable, "-m", "npgjax.train", *args, "--out", str(out)],
                               capture_output=True, text=True, env=env, timeout=300)
@@ -174,10 +179,11 @@ def test_warm_start_reads_the_exported_chunk(tmp_path):
         summaries.append(json.loads((out / "summary.json").read_text()))
         with open(out / "metrics.csv", newline="") as f:
             summaries[-1]["rows"] = list(csv.DictReader(f))
-    assert [s["sessions"][0]["export"] for s in summaries] == ["saved", "loaded"]
-    saved = sorted(p.name for p in (tmp_path / "cache" / "npgjax-export").glob("*.jaxexport"))
+    assert [s["sessions"][0]["export"] for s in summaries] == ["saved", "warm", "loaded"]
+    saved = sorted(p.name for p in export_dir.glob("*.jaxexport"))
     assert len(saved) == 2 and saved[0] == saved[1].replace(".jaxexport", "-init.jaxexport")
-    assert summaries[0]["rows"] == summaries[1]["rows"]
+    assert len(list(export_dir.glob("*.warm.json"))) == 1  # written again by the third
+    assert summaries[0]["rows"] == summaries[1]["rows"] == summaries[2]["rows"]
     # JAX's own entries of these programs sit beside the exports ...
     assert [p for p in (tmp_path / "cache").iterdir() if p.name != "npgjax-export"]
     # ... and --no-compile-cache writes none and reads none, also not to or from a cache

@@ -62,24 +62,31 @@ INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 _EXPORT_SUBDIR = "npgjax-export"
 
 
-def _export_path(export_dir: str, config: Any, keys: Any, chunk: int, mesh: Any = None
-                 ) -> Path:
-    """Where the exported chunk for this config, device, code and versions lives."""
-    import jax
-
+def _fingerprint() -> str:
+    """A digest of npgjax's source and the versions of the packages it traces through:
+    any change invalidates every exported program."""
     versions = []
     for name in ("jax", "jaxlib", "flax", "optax", "chex", "gymnax"):
         try:
             versions.append(importlib.metadata.version(name))
         except importlib.metadata.PackageNotFoundError:
             versions.append(None)
-    h = hashlib.sha256()
+    h = hashlib.sha256(repr(versions).encode())
     root = Path(__file__).resolve().parent.parent
     for path in sorted(root.rglob("*.py")):  # any change to npgjax's code invalidates it
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _export_path(export_dir: str, config: Any, keys: Any, chunk: int, mesh: Any = None
+                 ) -> Path:
+    """Where the exported chunk for this config, device, code and versions lives."""
+    import jax
+
     device = jax.devices()[0]
-    h.update(repr((config, tuple(keys.shape), str(keys.dtype), chunk, versions,
+    h = hashlib.sha256(_fingerprint().encode())
+    h.update(repr((config, tuple(keys.shape), str(keys.dtype), chunk,
                    device.platform, device.device_kind, mesh)).encode())
     return Path(export_dir) / _EXPORT_SUBDIR / f"{h.hexdigest()[:40]}.jaxexport"
 
@@ -232,7 +239,8 @@ def _compile_flat(trainer: Any, keys: Any, chunk: int, jit_kw: dict, path: Path 
 
 
 def compile_training(
-    trainer: Any, keys: Any, chunk: int, export_dir: str | None = None, mesh: Any = None
+    trainer: Any, keys: Any, chunk: int, export_dir: str | None = None, mesh: Any = None,
+    request: Any = None,
 ) -> tuple[Any, Any, float, float, bool]:
     """Compile ``vmap(trainer.init)`` and a ``chunk``-update ``lax.scan``, ahead of time.
 
@@ -293,6 +301,12 @@ def compile_training(
         return jax.tree.unflatten(treedef, flat), metrics
 
     chunk_c.export = how  # type: ignore[attr-defined]
+    if request is not None and path is not None and how in ("loaded", "saved"):
+        from npgjax.cli.warm import save_manifest
+        from npgjax.rl.xla import compiler_options
+
+        save_manifest(export_dir, request, keys, path, config, chunk, mesh,
+                      compiler_options())
     while len(_COMPILED) >= _COMPILED_MAX:
         _COMPILED.pop(next(iter(_COMPILED)))
     _COMPILED[memo_key] = (init_c, chunk_c, t1 - t0, t2 - t1)

@@ -139,11 +139,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_compile_cache:
         with no_compile_cache():
             return _setup_and_train(args, parser, None, t_start)
-    return _setup_and_train(args, parser, enable_compile_cache(), t_start)
+    cache_dir = enable_compile_cache()
+    return _setup_and_train(args, parser, cache_dir, t_start, _prefetch(args, cache_dir))
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    """What decides the config, the chunk and the mesh: the warm-start key
+    (:mod:`npgjax.cli.warm`; the seed count is in the keys' shape)."""
+    names = ("env", "algo", "overrides", "total_timesteps", "env_kwargs", "env_params",
+             "chunk_updates", "shard", "devices")
+    return {k: getattr(args, k) for k in names}
+
+
+def _prefetch(args: argparse.Namespace, cache_dir: str) -> Any:
+    """Start reading an earlier run's programs (:func:`npgjax.cli.warm.prefetch_training`)
+    while the config and the trainer are built; None when there are none."""
+    import jax
+
+    from npgjax.cli.warm import prefetch_training
+
+    if jax.process_count() > 1:
+        return None
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.PRNGKey(0), args.seeds))
+    try:
+        return prefetch_training(cache_dir, _request(args), keys)
+    except Exception:  # anything unexpected: compile as usual
+        return None
 
 
 def _setup_and_train(args: argparse.Namespace, parser: argparse.ArgumentParser,
-                     cache_dir: str | None, t_start: float) -> int:
+                     cache_dir: str | None, t_start: float, prefetched: Any = None) -> int:
     """Build the trainer and the run's outputs, then train (the lock held throughout)."""
     config = _config_from_args(args, parser)
     if args.tensorboard and not io.tensorboard_available():
@@ -171,7 +196,7 @@ def _setup_and_train(args: argparse.Namespace, parser: argparse.ArgumentParser,
     except ValueError as e:
         parser.error(str(e))
     try:
-        return _train(run, trainer, parser, cache_dir, t_start)
+        return _train(run, trainer, parser, cache_dir, t_start, prefetched)
     finally:
         if run.tb is not None:
             run.tb.close()
@@ -181,7 +206,7 @@ def _setup_and_train(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 
 def _train(run: Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: str | None,
-           t_start: float) -> int:
+           t_start: float, prefetched: Any = None) -> int:
     import jax
 
     from npgjax.cli.compile import compile_training
@@ -196,8 +221,11 @@ def _train(run: Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: s
                 from npgjax.rl.tasks import make_task_trainer
 
                 trainer = make_task_trainer(config, run.mesh)
-            init_fn, chunk_fn, t_trace, t_xla, memo = compile_training(
-                trainer, keys, run.chunk, cache_dir, mesh=run.mesh)
+            from npgjax.cli.warm import with_tree
+
+            warm = with_tree(prefetched, trainer, keys)
+            init_fn, chunk_fn, t_trace, t_xla, memo = warm or compile_training(
+                trainer, keys, run.chunk, cache_dir, mesh=run.mesh, request=_request(args))
         else:
             init_fn, chunk_fn, run.shardings, t_trace, t_xla = devices.compile_sharded(
                 config, run.mesh, keys, run.chunk, cache_dir)
@@ -256,8 +284,9 @@ def _announce(run: Run, chunk_fn: Any, t_trace: float, t_xla: float, memo: bool,
     if chunk_fn is not None:
         print(f"  compile: {t_trace + t_xla:.1f} s (tracing {t_trace:.1f} s + XLA "
               f"{t_xla:.1f} s)" + (" [reused in this process]" if memo else "")
-              + (" [exported chunk read from the cache]"
-                 if getattr(chunk_fn, "export", "") == "loaded" else "")
+              + {"loaded": " [exported chunk read from the cache]",
+                 "warm": " [programs read from the cache before the trainer was built]"}.get(
+                  getattr(chunk_fn, "export", ""), "")
               + (f"; cache {cache_dir}" if cache_dir else "")
               + f"; device {dev.platform} ({dev.device_kind})"
               + ("" if run.mesh is None else f" x {run.mesh.size}, {run.args.shard} "
