@@ -38,6 +38,18 @@ def test_compare_sb3_one_seed_worker(compare_sb3):
     assert r["solved"] is None  # 128 steps cannot reach 475
 
 
+def test_compare_sb3_warm_worker_reads_the_programs_back(compare_sb3, tmp_path):
+    """In fresh processes, as the benchmark runs them: the second run with the same cache
+    reads both programs back without the trainer, with the same returns."""
+    spec = {"seed": 3, "total_timesteps": 128, "chunk_updates": 2, "target": 475.0,
+            "overrides": TINY, "cache_dir": str(tmp_path)}
+    cold = compare_sb3.run_worker("npgjax", dict(spec, cache_label="cold"))
+    warm = compare_sb3.run_worker("npgjax", dict(spec, cache_label="warm"))
+    assert "error" not in cold and "error" not in warm, (cold, warm)
+    assert (cold["export"], warm["export"]) == ("saved", "warm")
+    assert warm["returns"] == cold["returns"] and warm["chunks"] == cold["chunks"] == 2
+
+
 def test_compare_sb3_vmapped_worker(compare_sb3):
     spec = {"t0": time.time(), "seeds": [0, 1], "total_timesteps": 64, "target": 475.0,
             "overrides": TINY}
