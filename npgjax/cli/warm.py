@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from npgjax._gc import paused_gc
-from npgjax.cli.compile import _EXPORT_SUBDIR, _fingerprint, _init_path
+from npgjax.cli.exports import _EXPORT_SUBDIR, _fingerprint, _init_path
 
 with paused_gc():  # the only heavy import of a warm start, about 20% faster so
     import jax
