@@ -332,16 +332,20 @@ def _npgjax_request(spec: dict[str, Any]) -> dict[str, Any]:
             "shard": "tasks" if spec.get("tasks") else None}
 
 
-def _npgjax_compiled(spec: dict[str, Any], jax: Any, keys: Any) -> dict[str, Any]:
-    """The init and chunk programs: read back without the trainer when an earlier run
-    saved them (`npgjax.cli.warm.load_training`), else built and compiled as the
-    command line compiles them (`compile_training`)."""
-    from npgjax.cli.warm import load_training
+def _npgjax_compiled(spec: dict[str, Any], jax: Any, make_keys: Any) -> dict[str, Any]:
+    """The keys and the init and chunk programs: read back without the trainer when an
+    earlier run saved them (`npgjax.cli.warm.prefetch_training`; the keys are made
+    while XLA reads them, as the command line makes them), else built and compiled as
+    the command line compiles them (`compile_training`)."""
+    from npgjax.cli.warm import prefetch_training
 
     t_c0 = time.time()
-    warm = load_training(spec.get("cache_dir"), _npgjax_request(spec), keys)
+    future = prefetch_training(spec.get("cache_dir"), _npgjax_request(spec),
+                               jax.eval_shape(make_keys))
+    keys = make_keys()
+    warm = None if future is None else future.result()
     if warm is not None:
-        return {"init": warm.init, "chunk": warm.run_chunk, "K": warm.chunk,
+        return {"keys": keys, "init": warm.init, "chunk": warm.run_chunk, "K": warm.chunk,
                 "num_updates": warm.num_updates, "B": warm.batch_size, "export": "warm",
                 "trace_s": None, "xla_s": None, "t_c0": t_c0, "t_c2": time.time()}
     config = _npgjax_config(spec)
@@ -361,7 +365,8 @@ def _npgjax_compiled(spec: dict[str, Any], jax: Any, keys: Any) -> dict[str, Any
     t_c0 = time.time()
     init_c, chunk_c, trace_s, xla_s, _ = compile_training(
         trainer, keys, K, spec.get("cache_dir"), mesh=mesh, request=_npgjax_request(spec))
-    return {"init": init_c, "chunk": chunk_c, "K": K, "num_updates": config.num_updates,
+    return {"keys": keys, "init": init_c, "chunk": chunk_c, "K": K,
+            "num_updates": config.num_updates,
             "B": config.batch_size, "export": getattr(chunk_c, "export", None),
             "trace_s": trace_s, "xla_s": xla_s, "t_c0": t_c0, "t_c2": time.time()}
 
@@ -374,8 +379,8 @@ def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     # One seed, batched as the command line batches seeds, and compiled as it compiles.
-    keys = jax.random.PRNGKey(spec["seed"])[None]
-    c = _npgjax_compiled(spec, jax, keys)
+    c = _npgjax_compiled(spec, jax, lambda: jax.random.PRNGKey(spec["seed"])[None])
+    keys = c["keys"]
     chunk_c, K, B = c["chunk"], c["K"], c["B"]
     n_chunks = c["num_updates"] // K
     state = c["init"](keys)

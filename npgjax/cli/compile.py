@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from npgjax._gc import paused_gc
 from npgjax.cli.exports import _export_path, _exported, _init_path, _read_export
 
@@ -222,7 +224,9 @@ def compile_training(
         return jax.tree.unflatten(treedef, flat_init_c(k))
 
     def chunk_c(state: Any, start: int) -> Any:
-        flat, metrics = flat_c(jax.numpy.int32(start), *jax.tree.leaves(state))
+        # A numpy scalar: jnp.int32 would dispatch a small jitted program (about 30 ms
+        # the first time in a process).
+        flat, metrics = flat_c(np.int32(start), *jax.tree.leaves(state))
         return jax.tree.unflatten(treedef, flat), metrics
 
     chunk_c.export = how  # type: ignore[attr-defined]

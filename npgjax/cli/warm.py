@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from npgjax._gc import paused_gc
 from npgjax.cli.exports import _EXPORT_SUBDIR, _fingerprint, _init_path
 
@@ -188,7 +190,7 @@ def prefetch_training(export_dir: str | None, request: Any, keys: Any
         init_c, chunk_c = init_f.result(), chunk_f.result()
 
         def run_chunk(state: Any, start: int) -> Any:
-            return chunk_c(jax.numpy.int32(start), *state)
+            return chunk_c(np.int32(start), *state)  # no jitted conversion (compile.py)
 
         return WarmTraining(init_c, run_chunk, m["chunk"], m["num_updates"],
                             m["batch_size"], m["config"], lower_s,
@@ -248,7 +250,6 @@ def _takes(exp: Any, keys: Any) -> bool:
 def _lower(exp: Any, mesh: dict[str, int] | None, args: Any) -> Any:
     """``exp.call`` lowered as ``compile_training`` lowers it (the same XLA cache key):
     on one device, or replicated over a mesh of the manifest's shape."""
-    import numpy as np
 
     kw: dict[str, Any] = {}
     if mesh is not None:
