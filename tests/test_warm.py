@@ -74,6 +74,9 @@ def test_none_when_anything_differs(compiled, tmp_path):
         assert w.load_training(cache, REQUEST, keys) is None
         path.write_text(json.dumps(dict(json.loads(good), format=0)))
         assert w.load_training(cache, REQUEST, keys) is None
+        path.write_text(json.dumps({k: v for k, v in json.loads(good).items()
+                                    if k != "options"}))
+        assert w.load_training(cache, REQUEST, keys) is None
     finally:
         path.write_text(good)
     assert w.load_training(cache, REQUEST, jax.random.split(jax.random.PRNGKey(9), 2))

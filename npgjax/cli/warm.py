@@ -7,7 +7,7 @@ about 0.6 s of a 1.6 s warm start on a 2-core CPU. Given a ``request`` (anything
 with npgjax's source and the package versions, decides the config and the chunk: the
 arguments of :func:`npgjax.rl.get_config` and the asked-for chunk size),
 ``compile_training`` also writes a small JSON manifest keyed by that request, and
-:func:`load_training` reads it back after importing only jax and npgjax's core: it
+:func:`load_training` reads it back after importing only jax (``import npgjax`` is lazy): it
 lowers the two exported programs and has XLA read their executables from the cache in
 threads (:func:`prefetch_training`: the command line builds its config meanwhile).
 
@@ -40,6 +40,7 @@ with paused_gc():  # the only heavy import of a warm start, about 20% faster so
 __all__ = ["WarmTraining", "load_training", "prefetch_training", "save_manifest", "with_tree"]
 
 _FORMAT = 1
+_FIELDS = {"export", "chunk", "num_updates", "batch_size", "mesh", "options", "config"}
 
 
 class WarmTraining(NamedTuple):
@@ -115,7 +116,9 @@ def _read_manifest(export_dir: str, request: Any, keys: Any) -> dict[str, Any] |
         m = json.loads(_manifest_path(export_dir, request, keys).read_text())
     except (OSError, ValueError):
         return None
-    return m if isinstance(m, dict) and m.get("format") == _FORMAT else None
+    if not isinstance(m, dict) or m.get("format") != _FORMAT or not set(m) >= _FIELDS:
+        return None
+    return m
 
 
 def load_training(export_dir: str | None, request: Any, keys: Any) -> WarmTraining | None:
@@ -123,8 +126,8 @@ def load_training(export_dir: str | None, request: Any, keys: Any) -> WarmTraini
     same ``request`` saved, compiled again from JAX's persistent cache; None when there
     are none (then build the trainer and compile as usual).
 
-    Only jax and npgjax's core are imported. This is :func:`prefetch_training` waited
-    for: call that instead to do other work while XLA reads the executables.
+    Only jax is imported (no RL layer, no optax). This is :func:`prefetch_training`
+    waited for: call that instead to do other work while XLA reads the executables.
 
     Args:
       export_dir: the directory ``compile_training`` saved to, or None (returns None).
