@@ -50,16 +50,31 @@ def _export_path(export_dir: str, config: Any, keys: Any, chunk: int, mesh: Any 
     return Path(export_dir) / _EXPORT_SUBDIR / f"{h.hexdigest()[:40]}.jaxexport"
 
 
-def _read_export(path: Path | None) -> Any:
-    """The ``jax.export`` saved at ``path``, or None (absent, corrupt or unreadable)."""
+def _read_export_bytes(path: Path | None) -> tuple[Any, bytes]:
+    """The ``jax.export`` saved at ``path`` and its bytes; ``(None, b"")`` when absent,
+    corrupt or unreadable."""
     from jax import export
 
     if path is None or not path.exists():
-        return None
+        return None, b""
     try:
-        return export.deserialize(bytearray(path.read_bytes()))
+        data = path.read_bytes()
+        return export.deserialize(bytearray(data)), data
     except Exception:  # corrupt, or flatbuffers missing: export again
-        return None
+        return None, b""
+
+
+def _read_export(path: Path | None) -> Any:
+    """The ``jax.export`` saved at ``path``, or None (absent, corrupt or unreadable)."""
+    return _read_export_bytes(path)[0]
+
+
+def _write_shared(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file unique to this writer
+    (processes of several hosts may share the folder); raises OSError."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _exported(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[Any, str]:
@@ -78,10 +93,7 @@ def _exported(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[Any, s
         return exp, "traced"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Unique per writer (processes of several hosts may share the folder).
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-        tmp.write_bytes(exp.serialize())
-        os.replace(tmp, path)
+        _write_shared(path, exp.serialize())
         return exp, "saved"
     except (ImportError, OSError):
         return exp, "traced"

@@ -22,9 +22,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import json
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,7 +30,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from npgjax._gc import paused_gc
-from npgjax.cli.exports import _EXPORT_SUBDIR, _fingerprint, _init_path
+from npgjax.cli.exports import (
+    _EXPORT_SUBDIR,
+    _fingerprint,
+    _init_path,
+    _read_export,
+    _read_export_bytes,
+    _write_shared,
+)
 
 with paused_gc():  # the only heavy import of a warm start, about 20% faster so
     import jax
@@ -95,6 +100,22 @@ def save_manifest(export_dir: str, request: Any, keys: Any, export: Path, config
       chunk: updates per chunk.
       mesh: the mesh of a replicated run (``--shard tasks``), or None.
       options: the XLA options the chunk was compiled with (part of XLA's cache key).
+
+    Returns:
+      None; a cache that cannot be written gives no warm start, and no error.
+
+    Examples:
+      >>> import tempfile, types
+      >>> from pathlib import Path
+      >>> import jax
+      >>> from npgjax.cli.warm import load_training, save_manifest
+      >>> d, keys = tempfile.mkdtemp(), jax.random.PRNGKey(0)[None]
+      >>> (Path(d) / "npgjax-export").mkdir()
+      >>> cfg = types.SimpleNamespace(num_updates=4, batch_size=16)
+      >>> save_manifest(d, {"env": "CartPole-v1"}, keys, Path(d) / "x.jaxexport", cfg, 2,
+      ...               None, {})
+      >>> load_training(d, {"env": "CartPole-v1"}, keys) is None  # found, export absent
+      True
     """
     manifest = {
         "format": _FORMAT, "export": export.name, "chunk": int(chunk),
@@ -102,13 +123,8 @@ def save_manifest(export_dir: str, request: Any, keys: Any, export: Path, config
         "mesh": None if mesh is None else {str(k): int(v) for k, v in mesh.shape.items()},
         "options": options, "config": repr(config),
     }
-    path = _manifest_path(export_dir, request, keys)
-    try:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-        tmp.write_text(json.dumps(manifest))
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache: no warm start, nothing else lost
-        pass
+    with contextlib.suppress(OSError):  # a read-only cache: no warm start, nothing lost
+        _write_shared(_manifest_path(export_dir, request, keys), json.dumps(manifest).encode())
 
 
 def _read_manifest(export_dir: str, request: Any, keys: Any) -> dict[str, Any] | None:
@@ -166,6 +182,13 @@ def prefetch_training(export_dir: str | None, request: Any, keys: Any
     Returns:
       A future of the :class:`WarmTraining`, or None when there is nothing to read (as
       :func:`load_training`).
+
+    Examples:
+      >>> import jax
+      >>> from npgjax.cli.warm import prefetch_training
+      >>> keys = jax.eval_shape(lambda: jax.random.PRNGKey(0)[None])  # shapes suffice
+      >>> prefetch_training(None, {"env": "CartPole-v1"}, keys) is None
+      True
     """
     if export_dir is None:
         return None
@@ -175,8 +198,8 @@ def prefetch_training(export_dir: str | None, request: Any, keys: Any
         return None
     path = Path(export_dir) / _EXPORT_SUBDIR / m["export"]
     with paused_gc():
-        chunk_exp, chunk_bytes = _read(path)
-        init_exp, _ = _read(_init_path(path))
+        chunk_exp, chunk_bytes = _read_export_bytes(path)
+        init_exp = _read_export(_init_path(path))
         if chunk_exp is None or init_exp is None or not _takes(init_exp, keys):
             return None
         pool = concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="npgjax-warm")
@@ -202,18 +225,6 @@ def prefetch_training(export_dir: str | None, request: Any, keys: Any
     done = pool.submit(finish)
     pool.shutdown(wait=False)
     return done
-
-
-def _read(path: Path | None) -> tuple[Any, bytes]:
-    """The ``jax.export`` saved at ``path`` and its bytes; ``(None, b"")`` when absent,
-    corrupt or unreadable."""
-    from jax import export
-
-    try:
-        data = path.read_bytes()  # type: ignore[union-attr]
-        return export.deserialize(bytearray(data)), data
-    except Exception:  # absent, corrupt, or flatbuffers missing
-        return None, b""
 
 
 @contextlib.contextmanager
@@ -271,9 +282,23 @@ def with_tree(prefetched: Any, trainer: Any, keys: Any) -> tuple[Any, ...] | Non
     trace of ``trainer.init`` (about 0.1 s); None when there are none (``prefetched``
     None, or XLA failed to read them) or they are not ``trainer.config``'s.
 
+    Args:
+      prefetched: from :func:`prefetch_training`, or None.
+      trainer: from :func:`npgjax.rl.make_trainer` (or a task trainer) for the config
+        that the programs should be of.
+      keys: the PRNG keys ``[seeds, 2]`` (or their ``ShapeDtypeStruct``).
+
     Returns:
       ``(init, run_chunk, lowering seconds, seconds waited here, False)``, as
-      ``compile_training`` returns them (``run_chunk.export`` is ``"warm"``).
+      ``compile_training`` returns them (``run_chunk.export`` is ``"warm"``); or None.
+
+    Examples:
+      >>> import jax
+      >>> from npgjax.cli.warm import with_tree
+      >>> from npgjax.rl import get_config, make_trainer
+      >>> trainer = make_trainer(get_config("CartPole-v1", num_envs=2, num_steps=8))
+      >>> with_tree(None, trainer, jax.random.PRNGKey(0)[None]) is None  # compile instead
+      True
     """
     t0 = time.perf_counter()
     try:
