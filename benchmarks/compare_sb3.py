@@ -329,7 +329,8 @@ def _npgjax_request(spec: dict[str, Any]) -> dict[str, Any]:
     """What decides the config and the chunk: the key of the warm-start manifest."""
     return {"env": ENV_ID, "algo": "trpo", "total_timesteps": spec["total_timesteps"],
             "overrides": _npgjax_overrides(spec), "chunk_updates": spec["chunk_updates"],
-            "shard": "tasks" if spec.get("tasks") else None}
+            "shard": "tasks" if spec.get("tasks") else None,
+            "quick_compile": bool(spec.get("quick_compile"))}
 
 
 def _npgjax_compiled(spec: dict[str, Any], jax: Any, make_keys: Any) -> dict[str, Any]:
@@ -364,7 +365,8 @@ def _npgjax_compiled(spec: dict[str, Any], jax: Any, make_keys: Any) -> dict[str
     K = choose_chunk_updates(config.num_updates, spec["chunk_updates"])
     t_c0 = time.time()
     init_c, chunk_c, trace_s, xla_s, _ = compile_training(
-        trainer, keys, K, spec.get("cache_dir"), mesh=mesh, request=_npgjax_request(spec))
+        trainer, keys, K, spec.get("cache_dir"), mesh=mesh, request=_npgjax_request(spec),
+        quick_compile=bool(spec.get("quick_compile")))
     return {"keys": keys, "init": init_c, "chunk": chunk_c, "K": K,
             "num_updates": config.num_updates,
             "B": config.batch_size, "export": getattr(chunk_c, "export", None),
@@ -437,14 +439,15 @@ def worker_npgjax_vmap(spec: dict[str, Any]) -> dict[str, Any]:
     from npgjax.rl import compiler_options, make_train
 
     seeds = spec["seeds"]
+    options = compiler_options(quick=bool(spec.get("quick_compile")))
     keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in seeds])
     if spec.get("tasks"):
         from npgjax.rl import make_sharded_train
 
         train = jax.jit(make_sharded_train(config, devices=2, shard="tasks", seeds=len(seeds)),
-                        compiler_options=compiler_options())
+                        compiler_options=options)
     else:
-        train = jax.jit(jax.vmap(make_train(config)), compiler_options=compiler_options())
+        train = jax.jit(jax.vmap(make_train(config)), compiler_options=options)
     t_c0 = time.time()
     lowered = train.lower(keys)
     t_l = time.time()
@@ -708,6 +711,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--levers", action="store_true",
                         help=f"npgjax with the issue's speed levers on top of the zoo "
                         f"settings: {LEVERS}")
+    parser.add_argument("--quick-compile", action="store_true",
+                        help="npgjax compiles as npgjax-train --quick-compile does "
+                        "(npgjax.rl.compiler_options(quick=True))")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -740,7 +746,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     common = {"total_timesteps": total, "target": args.target, "cpu": cpu,
               "sb3_time_limit": args.sb3_time_limit,
-              "overrides": LEVERS if args.levers else {}}
+              "overrides": LEVERS if args.levers else {},
+              "quick_compile": args.quick_compile}
+    if args.quick_compile:
+        print("npgjax compiles with compiler_options(quick=True) (--quick-compile)")
     if args.levers:
         print(f"npgjax levers on (sb3-contrib keeps the zoo settings): {LEVERS}")
     runs: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in modes}
@@ -797,6 +806,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               for k, x in NPGJAX_CONFIG.items()},
             "total_timesteps": total, "target": args.target, "window": WINDOW,
             "chunk_updates": args.chunk_updates, "cpu_modes": modes, "pinned_cpu": cpu,
+            "quick_compile": args.quick_compile,
         },
         "targets": {"cold_time": TARGET_COLD, "warm_time": TARGET_WARM,
                     "steps_per_s": TARGET_SPS},

@@ -7,6 +7,8 @@ variants alternate, ``--repeat`` times, so that a noisy machine hits them alike:
 
 * ``defaults``: XLA's default options (a plain ``jax.jit``);
 * ``fast``: :func:`npgjax.rl.compiler_options` (on the CPU LLVM O1 instead of O3);
+* ``quick`` (with ``--quick``): ``compiler_options(quick=True)`` (also XLA's older loop
+  emitters; ``npgjax-train --quick-compile``; see ``quick_compile.py``);
 * ``unrolled`` (with ``--unrolled``): ``fast``, lowered inside
   :func:`npgjax.rl.xla.unrolled_threefry`, as the command line lowers (see
   ``threefry.py``);
@@ -17,6 +19,7 @@ variants alternate, ``--repeat`` times, so that a noisy machine hits them alike:
     .venv/bin/python benchmarks/compile_time.py --repeat 3
     .venv/bin/python benchmarks/compile_time.py --repeat 3 --baseline /tmp/npgjax-89c29e2
     .venv/bin/python benchmarks/compile_time.py --repeat 2 --unrolled
+    .venv/bin/python benchmarks/compile_time.py --repeat 2 --quick
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ t0 = time.time()
 import jax, numpy as np
 import npgjax
 from npgjax.rl import get_config, make_train
-fast = sys.argv[1] in ("fast", "unrolled")
+fast = sys.argv[1] in ("fast", "unrolled", "quick")
 opts, lowering = None, contextlib.nullcontext()
 if fast:
     from npgjax.rl import compiler_options
-    opts = compiler_options()
+    opts = compiler_options(quick=True) if sys.argv[1] == "quick" else compiler_options()
 if sys.argv[1] == "unrolled":
     from npgjax.rl.xla import unrolled_threefry
     lowering = unrolled_threefry()
@@ -85,11 +88,15 @@ def main() -> None:
     p.add_argument("--baseline", type=Path, help="another npgjax source tree (its root)")
     p.add_argument("--unrolled", action="store_true",
                    help="also the fast variant with threefry lowered unrolled")
+    p.add_argument("--quick", action="store_true",
+                   help="also compiler_options(quick=True) (--quick-compile)")
     p.add_argument("--json", help="write the runs to this file")
     a = p.parse_args()
     variants = [("defaults", "defaults", ROOT), ("fast", "fast", ROOT)]
     if a.unrolled:
         variants.append(("unrolled", "unrolled", ROOT))
+    if a.quick:
+        variants.append(("quick", "quick", ROOT))
     if a.baseline:
         variants.insert(0, ("baseline", "defaults", a.baseline.resolve()))
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {load_average()}; "

@@ -106,6 +106,21 @@ def test_resume_gives_identical_metrics(runs):
                                                     strict=True))
 
 
+def test_quick_compile_trains_alike_and_is_recorded(runs, tmp_path):
+    full, _, _ = runs
+    out = tmp_path / "quick"
+    assert main([*TINY, "--out", str(out), "--no-plot", "--quick-compile"]) == 0
+    quick, plain = (json.loads((d / "summary.json").read_text()) for d in (out, full))
+    assert [s["quick_compile"] for s in quick["sessions"]] == [True]
+    assert [s["quick_compile"] for s in plain["sessions"]] == [False]
+    with open(out / "metrics.csv", newline="") as f, open(full / "metrics.csv", newline="") as g:
+        rows_q, rows_p = list(csv.DictReader(f)), list(csv.DictReader(g))
+    assert len(rows_q) == len(rows_p) == SEEDS * UPDATES
+    for name in ("kl", "value_loss", "train_return"):  # other kernels: rounding at most
+        np.testing.assert_allclose([float(r[name]) for r in rows_q],
+                                   [float(r[name]) for r in rows_p], rtol=1e-3, atol=1e-5)
+
+
 def test_resume_refuses_other_config(runs, capsys):
     _, split, _ = runs
     with pytest.raises(SystemExit) as e:

@@ -82,6 +82,28 @@ def test_none_when_anything_differs(compiled, tmp_path):
     assert w.load_training(cache, REQUEST, jax.random.split(jax.random.PRNGKey(9), 2))
 
 
+def test_quick_compile_is_part_of_the_key_and_kept(compiled):
+    import jax
+
+    from npgjax.cli.compile import compile_training
+    from npgjax.cli.warm import _manifest_path, load_training
+    from npgjax.rl import compiler_options
+
+    cache, keys, trainer, *_ = compiled
+    quick = dict(REQUEST, quick_compile=True)
+    assert load_training(cache, quick, keys) is None  # the plain programs do not serve it
+    init, run_chunk, *_ = compile_training(trainer, keys, 2, cache, request=quick,
+                                           quick_compile=True)
+    manifest = json.loads(_manifest_path(cache, quick, keys).read_text())
+    assert manifest["options"] == compiler_options(quick=True)  # what the warm start uses
+    warm = load_training(cache, quick, keys)
+    _, m = warm.run_chunk(warm.init(keys), 0)
+    _, expected = run_chunk(init(keys), 0)
+    for k in m:
+        np.testing.assert_array_equal(np.asarray(m[k]), np.asarray(expected[k]))
+    assert jax.tree.leaves(m)
+
+
 _FRESH = textwrap.dedent("""
     import json, sys
     import npgjax.cli.warm as w

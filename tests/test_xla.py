@@ -16,6 +16,28 @@ def test_options_per_backend():
     opts = compiler_options("cpu")
     opts["xla_backend_optimization_level"] = 3  # a copy: the module's options stay
     assert compiler_options("cpu")["xla_backend_optimization_level"] == 1
+    assert compiler_options("cpu", quick=True) == {"xla_backend_optimization_level": 1,
+                                                   "xla_cpu_use_fusion_emitters": False}
+    assert compiler_options("gpu", quick=True) == {} == compiler_options("tpu", quick=True)
+
+
+def test_quick_options_are_real_and_training_agrees():
+    # XLA rejects names it does not know (see below): this fails if the flag goes away.
+    cfg = get_config("CartPole-v1", "npg", total_timesteps=128, num_envs=2, num_steps=32,
+                     vf_minibatch=0, vf_epochs=2, eval_every=0, hidden=(16,))
+    key = jax.random.PRNGKey(2)
+    lowered = jax.jit(make_train(cfg)).lower(key)
+    cpu = jax.default_backend() == "cpu"
+    quick = lowered.compile(compiler_options(quick=True) or None)
+    # The reference with the fusion emitters on, whatever XLA_FLAGS (tests/conftest.py) say.
+    ref = lowered.compile({"xla_backend_optimization_level": 1,
+                           "xla_cpu_use_fusion_emitters": True} if cpu else None)
+    (s_q, m_q), (s_r, m_r) = quick(key), ref(key)
+    for name in ("kl", "entropy", "value_loss", "explained_variance"):
+        np.testing.assert_allclose(m_q[name], m_r[name], rtol=1e-3, atol=1e-6, err_msg=name)
+    for a, b in zip(jax.tree.leaves(s_q.pi_params), jax.tree.leaves(s_r.pi_params),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_suite_compiles_at_o1():
@@ -61,25 +83,27 @@ def test_xla_takes_the_options_and_training_agrees():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("quick", [False, True])
 @pytest.mark.parametrize("path", ["one_device", "sharded"])
-def test_command_line_compiles_with_the_options(path, monkeypatch):
-    # Both of the command line's compile paths hand compiler_options() to XLA: with a
-    # name XLA does not know in it, compiling the chunk fails naming it.
+def test_command_line_compiles_with_the_options(path, quick, monkeypatch):
+    # Both of the command line's compile paths hand compiler_options(quick=...) to XLA:
+    # with a name XLA does not know in it, compiling the chunk fails naming it.
     from npgjax.cli.compile import compile_training
     from npgjax.cli.devices import compile_sharded
     from npgjax.rl import make_trainer
     from npgjax.rl.mesh import make_mesh
 
-    monkeypatch.setattr("npgjax.rl.xla._CPU_OPTIONS", {"no_such_chunk_option": 1})
+    monkeypatch.setattr("npgjax.rl.xla._CPU_QUICK" if quick else "npgjax.rl.xla._CPU_OPTIONS",
+                        {"no_such_chunk_option": 1})
     monkeypatch.setattr("npgjax.rl.xla.jax.default_backend", lambda: "cpu")
     cfg = get_config("CartPole-v1", "npg", total_timesteps=96, num_envs=2, num_steps=16,
                      vf_epochs=1, eval_every=0, hidden=(5,))  # memoised by no other test
     keys = jax.random.split(jax.random.PRNGKey(0), 1)
     with pytest.raises(Exception, match="no_such_chunk_option"):
         if path == "sharded":
-            compile_sharded(cfg, make_mesh(1), keys, 3)
+            compile_sharded(cfg, make_mesh(1), keys, 3, quick_compile=quick)
         else:
-            compile_training(make_trainer(cfg), keys, 3)
+            compile_training(make_trainer(cfg), keys, 3, quick_compile=quick)
 
 
 def _draws(k):

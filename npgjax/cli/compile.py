@@ -17,9 +17,9 @@ from npgjax.cli.exports import _export_path, _exported, _init_path, _read_export
 
 __all__ = ["compile_training", "enable_compile_cache", "no_compile_cache"]
 
-# Compiled (init, chunk) pairs of this process, keyed by (config, seeds, K): repeated
+# Compiled (init, chunk) pairs of this process, keyed by (config, seeds, K, ...): repeated
 # main() calls in one process (tests, notebooks) reuse them instead of compiling again.
-_COMPILED: dict[tuple[Any, int, int], tuple[Any, Any, float, float]] = {}
+_COMPILED: dict[tuple[Any, ...], tuple[Any, Any, float, float]] = {}
 _COMPILED_MAX = 4
 
 def enable_compile_cache() -> str:
@@ -121,15 +121,15 @@ def _flat_programs(trainer: Any, keys: Any, chunk: int, **vmap_kw: Any
     return flat_init, flat_chunk, shapes
 
 
-def _compile_flat(trainer: Any, keys: Any, chunk: int, jit_kw: dict, path: Path | None
-                  ) -> tuple[Any, Any, Any, str, float]:
+def _compile_flat(trainer: Any, keys: Any, chunk: int, jit_kw: dict, path: Path | None,
+                  options: dict[str, Any] | None) -> tuple[Any, Any, Any, str, float]:
     """Compile the flat init and chunk of :func:`_flat_programs`, both through
     ``jax.export`` (at ``path``, when given).
 
     The chunk is compiled (or, on a warm start, its executable read from JAX's cache)
     in a thread while init is traced and compiled here: XLA releases the GIL. Init runs
-    once, so it is compiled without LLVM optimisation; the chunk with
-    :func:`npgjax.rl.compiler_options` (CPU: LLVM O1, about 0.6x O3's compile time).
+    once, so it is compiled without LLVM optimisation; the chunk with ``options``
+    (:func:`npgjax.rl.compiler_options`; CPU: LLVM O1, about 0.6x O3's compile time).
     Python's collector is paused meanwhile (:mod:`npgjax._gc`).
 
     Returns:
@@ -138,10 +138,7 @@ def _compile_flat(trainer: Any, keys: Any, chunk: int, jit_kw: dict, path: Path 
     """
     import jax
 
-    from npgjax.rl.xla import compiler_options
-
     start_info = jax.ShapeDtypeStruct((), jax.numpy.int32)
-    options = compiler_options() or None
     with paused_gc(), concurrent.futures.ThreadPoolExecutor(1) as pool:
         exp, how, chunk_future = _read_export(path), "loaded", None
         if exp is not None:  # warm start: no need to wait for init's abstract trace
@@ -167,7 +164,7 @@ def _compile_flat(trainer: Any, keys: Any, chunk: int, jit_kw: dict, path: Path 
 
 def compile_training(
     trainer: Any, keys: Any, chunk: int, export_dir: str | None = None, mesh: Any = None,
-    request: Any = None,
+    request: Any = None, quick_compile: bool = False,
 ) -> tuple[Any, Any, float, float, bool]:
     """Compile ``vmap(trainer.init)`` and a ``chunk``-update ``lax.scan``, ahead of time.
 
@@ -179,8 +176,8 @@ def compile_training(
     are then compiled, the chunk in a thread as soon as it is lowered (on a warm start,
     as soon as its export is read) while init is traced and compiled (:func:`_compile_flat`),
     ``init`` without LLVM optimisation (it runs once), the chunk with
-    :func:`npgjax.rl.compiler_options`. Results are memoised in
-    this process per ``(config, seeds, chunk)``.
+    :func:`npgjax.rl.compiler_options` (``quick=quick_compile``). Results are memoised in
+    this process per ``(config, seeds, chunk, devices, quick_compile)``.
 
     Args:
       trainer: from :func:`npgjax.rl.make_trainer`.
@@ -192,6 +189,11 @@ def compile_training(
       mesh: for a trainer whose update runs on a mesh with everything replicated
         (:func:`npgjax.rl.tasks.make_task_trainer`): both programs then take and
         return values replicated over it.
+      request: what decided the config and the chunk (e.g. the command line's options):
+        with ``export_dir``, a manifest under it lets :func:`npgjax.cli.warm.load_training`
+        read the programs back without the trainer.
+      quick_compile: compile the chunk with ``compiler_options(quick=True)`` (CPU: about
+        0.6-0.75x the XLA time; as fast for one small seed, slower vmapped over seeds).
 
     Returns:
       ``(init, run_chunk, tracing seconds, XLA seconds, memoised)``: ``init(keys) ->
@@ -205,7 +207,11 @@ def compile_training(
     import jax
 
     config = trainer.config
-    memo_key = (config, int(keys.shape[0]), chunk, None if mesh is None else mesh.size)
+    from npgjax.rl.xla import compiler_options
+
+    options = compiler_options(quick=quick_compile)
+    memo_key = (config, int(keys.shape[0]), chunk, None if mesh is None else mesh.size,
+                quick_compile)
     if memo_key in _COMPILED:
         init_c, chunk_c, _, _ = _COMPILED[memo_key]
         return init_c, chunk_c, 0.0, 0.0, True
@@ -217,7 +223,8 @@ def compile_training(
     t0 = time.perf_counter()
     path = None if export_dir is None else _export_path(
         export_dir, config, keys, chunk, None if mesh is None else dict(mesh.shape))
-    flat_init_c, flat_c, treedef, how, t1 = _compile_flat(trainer, keys, chunk, jit_kw, path)
+    flat_init_c, flat_c, treedef, how, t1 = _compile_flat(trainer, keys, chunk, jit_kw, path,
+                                                          options or None)
     t2 = time.perf_counter()
 
     def init_c(k: Any) -> Any:
@@ -232,10 +239,8 @@ def compile_training(
     chunk_c.export = how  # type: ignore[attr-defined]
     if request is not None and path is not None and how in ("loaded", "saved"):
         from npgjax.cli.warm import save_manifest
-        from npgjax.rl.xla import compiler_options
 
-        save_manifest(export_dir, request, keys, path, config, chunk, mesh,
-                      compiler_options())
+        save_manifest(export_dir, request, keys, path, config, chunk, mesh, options)
     while len(_COMPILED) >= _COMPILED_MAX:
         _COMPILED.pop(next(iter(_COMPILED)))
     _COMPILED[memo_key] = (init_c, chunk_c, t1 - t0, t2 - t1)

@@ -133,12 +133,14 @@ def host_state(state: Any) -> Any:
 
 
 def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int,
-                    export_dir: str | None = None) -> tuple[Any, Any, Any, float, float]:
+                    export_dir: str | None = None, quick_compile: bool = False
+                    ) -> tuple[Any, Any, Any, float, float]:
     """Jit ``init`` and a ``chunk``-update scan of ``config``'s trainer, split over ``mesh``.
 
     Both programs go through ``jax.export`` as in
     :func:`npgjax.cli.compile.compile_training` (saved in ``export_dir`` and read back by
     a warm start), with one process or several (each writes or reads the same program).
+    ``quick_compile`` compiles the chunk with ``compiler_options(quick=True)``.
 
     Returns:
       ``(init(keys), run_chunk(state, start), (keys, state, replicated) shardings,
@@ -177,7 +179,7 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int,
     t1 = time.perf_counter()
     # As the one-device path compiles (npgjax.cli.compile.compile_training).
     init_c = init_l.compile(INIT_COMPILER_OPTIONS)
-    chunk_c = chunk_l.compile(compiler_options() or None)
+    chunk_c = chunk_l.compile(compiler_options(quick=quick_compile) or None)
     t2 = time.perf_counter()
 
     def init_fn(k: Any) -> Any:

@@ -147,7 +147,7 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     """What decides the config, the chunk and the mesh: the warm-start key
     (:mod:`npgjax.cli.warm`; the seed count is in the keys' shape)."""
     names = ("env", "algo", "overrides", "total_timesteps", "env_kwargs", "env_params",
-             "chunk_updates", "shard", "devices")
+             "chunk_updates", "shard", "devices", "quick_compile")
     return {k: getattr(args, k) for k in names}
 
 
@@ -225,10 +225,11 @@ def _train(run: Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: s
 
             warm = with_tree(prefetched, trainer, keys)
             init_fn, chunk_fn, t_trace, t_xla, memo = warm or compile_training(
-                trainer, keys, run.chunk, cache_dir, mesh=run.mesh, request=_request(args))
+                trainer, keys, run.chunk, cache_dir, mesh=run.mesh, request=_request(args),
+                quick_compile=args.quick_compile)
         else:
             init_fn, chunk_fn, run.shardings, t_trace, t_xla = devices.compile_sharded(
-                config, run.mesh, keys, run.chunk, cache_dir)
+                config, run.mesh, keys, run.chunk, cache_dir, args.quick_compile)
     # A resumed state goes through the same compiled chunk as a fresh one: the PRNG key
     # lives in the state, so the continuation is bit-identical to an uninterrupted run.
     if ckpt and run.shardings is not None:
@@ -249,7 +250,8 @@ def _train(run: Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: s
         run.tb = io.TensorBoardLog(out / "tensorboard")
 
     session = {"compile_time_s": t_trace + t_xla, "train_time_s": 0.0, "wall_time_s": 0.0,
-               "updates": 0, "export": getattr(chunk_fn, "export", None)}
+               "updates": 0, "export": getattr(chunk_fn, "export", None),
+               "quick_compile": args.quick_compile}
     run.sessions.append(session)
 
     def save() -> None:

@@ -29,31 +29,58 @@ import jax
 __all__ = ["compiler_options", "unrolled_threefry"]
 
 _CPU_OPTIONS = {"xla_backend_optimization_level": 1}
+_CPU_QUICK = {"xla_cpu_use_fusion_emitters": False}
 
 
-def compiler_options(backend: str | None = None) -> dict[str, Any]:
+def compiler_options(backend: str | None = None, *, quick: bool = False) -> dict[str, Any]:
     """XLA options for compiling training: ``jax.jit(f, compiler_options=...)``.
+
+    ``quick=True`` also turns off XLA's MLIR fusion emitters on the CPU
+    (``xla_cpu_use_fusion_emitters``): its older loop emitters compile each fused kernel
+    faster. For one seed of a small-observation task the program then compiles in about
+    0.6-0.75x the XLA time and runs as fast; vmapped over seeds, or on larger
+    observations, it runs slower (2-core AMD EPYC, ``benchmarks/quick_compile.py``):
+
+    ======================================  ===========  ================
+    program (chunk of 5 updates, LLVM O1)   XLA time     time per update
+    ======================================  ===========  ================
+    one seed, classic control (obs <= 6)    0.6-0.8x     0.97-1.05x
+    one seed, bsuite Catch / DeepSea        0.75x        1.06-1.10x
+    one seed, MinAtar (10 x 10 images)      0.6-0.8x     1.07-1.25x
+    2 to 16 seeds vmapped, CartPole-v1      0.55-0.8x    1.24-1.38x
+    ======================================  ===========  ================
+
+    It pays for a short run of one seed, where compilation is most of the time to the
+    result (``npgjax-train --seeds 1 --quick-compile``); without ``quick`` is the better
+    choice for anything that trains for longer than it compiles. Other kernels round
+    differently, so the same seed can end differently (as on another CPU).
 
     Args:
       backend: ``"cpu"``, ``"gpu"``, ``"tpu"``, or None for ``jax.default_backend()``.
+      quick: trade run time for compile time as above (CPU only; ignored elsewhere).
 
     Returns:
       On the CPU ``{"xla_backend_optimization_level": 1}`` (LLVM O1 instead of O3: about
       0.6x the compile time of a vmapped trainer, the same run time); elsewhere ``{}``,
       XLA's defaults (on an NVIDIA H200 level 1 compiled the 16-seed CartPole-v1 program
-      in 12.4 s against 13.1 s: not worth other rounding; TPUs not measured).
+      in 12.4 s against 13.1 s: not worth other rounding; TPUs not measured). With
+      ``quick`` on the CPU also ``"xla_cpu_use_fusion_emitters": False``.
 
     Examples:
       >>> import jax
       >>> from npgjax.rl import compiler_options, get_config, make_train
       >>> compiler_options("cpu")
       {'xla_backend_optimization_level': 1}
+      >>> compiler_options("cpu", quick=True)
+      {'xla_backend_optimization_level': 1, 'xla_cpu_use_fusion_emitters': False}
       >>> cfg = get_config("CartPole-v1", total_timesteps=64, num_envs=2, num_steps=16)
       >>> train = jax.jit(jax.vmap(make_train(cfg)), compiler_options=compiler_options())
       >>> keys = jax.random.split(jax.random.PRNGKey(0), 16)  # then train(keys)
     """
     backend = jax.default_backend() if backend is None else backend
-    return dict(_CPU_OPTIONS) if backend == "cpu" else {}
+    if backend != "cpu":
+        return {}
+    return {**_CPU_OPTIONS, **_CPU_QUICK} if quick else dict(_CPU_OPTIONS)
 
 
 def _threefry_rules() -> tuple[dict, Any, Any] | None:
