@@ -118,6 +118,8 @@ def main() -> None:
     for k in med:
         if k != "fast":
             print(f"fast / {k}: {med['fast'] / med[k]:.2f}")
+    if "quick" in med and "baseline" in med:
+        print(f"quick / baseline: {med['quick'] / med['baseline']:.2f}")
     if a.unrolled and {r["returns_sum"] for k in ("fast", "unrolled") for r in runs[k]} != {
             runs["fast"][0]["returns_sum"]}:
         raise SystemExit("fast and unrolled disagree: unrolled threefry changed the results")

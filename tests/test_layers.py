@@ -106,3 +106,33 @@ def test_mlp_parameters_and_outputs_as_with_flax_dense():
     g_ref = jax.jit(jax.grad(lambda p: ref.apply(p, x).sum()))(params)
     for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_is_flax_dense_and_skips_the_initializer_on_apply():
+    from npgjax.rl import orthogonal
+    from npgjax.rl.layers import Dense
+
+    calls = []
+
+    def counting(key, shape, dtype=jnp.float32):
+        calls.append(shape)
+        return orthogonal(0.5)(key, shape, dtype)
+
+    x = jax.random.normal(jax.random.PRNGKey(1), (16, 64))
+    ours = Dense(2, kernel_init=counting)
+    ref = nn.Dense(2, kernel_init=orthogonal(0.5), dot_general=dense_dot_general)
+    params = ours.init(jax.random.PRNGKey(0), x)
+    assert calls == [(64, 2)]
+    ref_params = ref.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.structure(params) == jax.tree.structure(ref_params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The same program: equal bits, forward and gradient, under jit.
+    for f in (lambda m, p: m.apply(p, x), lambda m, p: jax.grad(lambda q: m.apply(q, x).sum())(p)):
+        for a, b in zip(jax.tree.leaves(jax.jit(lambda p, m=ours: f(m, p))(params)),
+                        jax.tree.leaves(jax.jit(lambda p, m=ref: f(m, p))(params)), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert calls == [(64, 2)]  # apply read the kernel; flax's param() would trace init
+    bad = {"params": dict(params["params"], kernel=jnp.zeros((63, 2)))}
+    with pytest.raises(ValueError, match="'kernel' has shape \\(63, 2\\), the layer needs"):
+        ours.apply(bad, x)

@@ -249,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "training chunk)")
     parser.add_argument("--quick-compile", action="store_true",
                         help="on a CPU, compile the training chunk with XLA's older loop "
-                        "emitters: about 0.6-0.75x the compile time; as fast for one seed "
-                        "of a small task, up to 1.4x slower vmapped over seeds or on image "
-                        "observations (npgjax.rl.compiler_options(quick=True))")
+                        "emitters: about 0.5-0.8x the compile time; about as fast for one "
+                        "seed of a small task, up to 1.4x slower vmapped over seeds or on "
+                        "image observations (npgjax.rl.compiler_options(quick=True))")
     parser.add_argument("--devices", type=_positive_int, default=None, metavar="N",
                         help="devices to train on (default: all; with several processes, "
                         "all of theirs; on a CPU, N > 1 makes N host devices, which run "

@@ -193,7 +193,7 @@ def compile_training(
         with ``export_dir``, a manifest under it lets :func:`npgjax.cli.warm.load_training`
         read the programs back without the trainer.
       quick_compile: compile the chunk with ``compiler_options(quick=True)`` (CPU: about
-        0.6-0.75x the XLA time; as fast for one small seed, slower vmapped over seeds).
+        0.5-0.8x the XLA time; about as fast for one small seed, slower vmapped over seeds).
 
     Returns:
       ``(init, run_chunk, tracing seconds, XLA seconds, memoised)``: ``init(keys) ->

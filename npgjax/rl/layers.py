@@ -1,6 +1,6 @@
 """Building blocks of the networks: a vmap-safe orthogonal initializer, the matmul of
-the dense layers (``dense_dot_general``), the MLP and a 3x3 convolution written as
-patches and one matmul (``PatchConv``).
+the dense layers (``dense_dot_general``), the dense layer, the MLP and a 3x3
+convolution written as patches and one matmul (``PatchConv``).
 
 :mod:`npgjax.rl.networks` assembles them into policy and value networks and re-exports
 them.
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["MLP", "PatchConv", "dense_dot_general", "orthogonal"]
+__all__ = ["MLP", "Dense", "PatchConv", "dense_dot_general", "orthogonal"]
 
 
 @jax.custom_batching.sequential_vmap
@@ -128,6 +128,55 @@ def dense_dot_general(
         default=lambda lhs, rhs: jax.lax.dot_general(lhs, rhs, dimension_numbers, **kw))
 
 
+def _param(module: nn.Module, name: str, init: Callable[..., jax.Array],
+           shape: tuple[int, ...]) -> jax.Array:
+    """``module.param(name, init, shape)``, whose existing value is checked against
+    ``shape`` directly. flax checks it against ``jax.eval_shape`` of ``init`` on every
+    apply; for the orthogonal initializer that traces a QR decomposition per parameter
+    and call (about 2 ms each: 0.1-0.3 s of tracing a training chunk)."""
+    if not module.has_variable("params", name):
+        return module.param(name, init, shape, jnp.float32)
+    value = nn.meta.unbox(module.get_variable("params", name))
+    if jnp.shape(value) != shape:
+        raise ValueError(f"{type(module).__name__} {module.name!r}: parameter {name!r} has "
+                         f"shape {jnp.shape(value)}, the layer needs {shape}.")
+    return value
+
+
+class Dense(nn.Module):
+    """``flax.linen.Dense(features, kernel_init=..., dot_general=dense_dot_general)``.
+
+    The same parameters (``kernel [in, features]``, ``bias``, under the same names) and
+    the same operations, hence the same results; applying it reads the parameters
+    without re-tracing their initializer (see ``_param`` in the source), which makes
+    tracing a training chunk with the RL-zoo TRPO settings 0.1-0.3 s shorter.
+
+    Attributes:
+      features: output width.
+      kernel_init: initializer of the kernel.
+      bias_init: initializer of the bias.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from npgjax.rl.layers import Dense
+      >>> params = Dense(3).init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+      >>> params["params"]["kernel"].shape
+      (4, 3)
+    """
+
+    features: int
+    kernel_init: Callable[..., jax.Array] = orthogonal()
+    bias_init: Callable[..., jax.Array] = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = _param(self, "kernel", self.kernel_init, (jnp.shape(x)[-1], self.features))
+        bias = _param(self, "bias", self.bias_init, (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=None)
+        y = dense_dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=None)
+        return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+
+
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "gelu": nn.gelu}
 
 
@@ -164,11 +213,8 @@ class MLP(nn.Module):
             x = x.reshape(x.shape[: x.ndim - self.obs_ndim] + (-1,))
         act = _ACTIVATIONS[self.activation]
         for h in self.hidden:
-            x = nn.Dense(h, kernel_init=orthogonal(np.sqrt(2.0)),
-                         dot_general=dense_dot_general)(x)
-            x = act(x)
-        return nn.Dense(self.out, kernel_init=orthogonal(self.out_scale),
-                        dot_general=dense_dot_general)(x)
+            x = act(Dense(h, kernel_init=orthogonal(np.sqrt(2.0)))(x))
+        return Dense(self.out, kernel_init=orthogonal(self.out_scale))(x)
 
 
 def _same(n: int, s: int) -> tuple[int, tuple[int, int]]:
@@ -207,8 +253,8 @@ class PatchConv(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         c, s = x.shape[-1], self.stride
-        kernel = self.param("kernel", self.kernel_init, (3, 3, c, self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        kernel = _param(self, "kernel", self.kernel_init, (3, 3, c, self.features))
+        bias = _param(self, "bias", nn.initializers.zeros, (self.features,))
         (oh, ph), (ow, pw) = _same(x.shape[-3], s), _same(x.shape[-2], s)
         x = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + (ph, pw, (0, 0)))
         x = jnp.concatenate([x[..., i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, :]

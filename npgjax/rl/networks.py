@@ -17,10 +17,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from npgjax.rl.layers import _ACTIVATIONS, MLP, PatchConv, dense_dot_general, orthogonal
+from npgjax.rl.layers import (
+    _ACTIVATIONS,
+    MLP,
+    Dense,
+    PatchConv,
+    dense_dot_general,
+    orthogonal,
+)
 
 __all__ = [
-    "CNN", "MLP", "NETWORKS", "GRUNet", "PatchConv", "TorsoHead", "dense_dot_general",
+    "CNN", "MLP", "NETWORKS", "Dense", "GRUNet", "PatchConv", "TorsoHead", "dense_dot_general",
     "make_networks", "orthogonal",
 ]
 
@@ -103,8 +110,7 @@ class TorsoHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        return nn.Dense(self.out, kernel_init=orthogonal(self.out_scale),
-                        dot_general=dense_dot_general)(self.torso(x))
+        return Dense(self.out, kernel_init=orthogonal(self.out_scale))(self.torso(x))
 
 
 class GRUNet(nn.Module):
@@ -138,8 +144,7 @@ class GRUNet(nn.Module):
     def __call__(self, carry: jnp.ndarray, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         cell = nn.GRUCell(self.hidden_size, recurrent_kernel_init=orthogonal())
         carry, y = cell(carry, self.torso(x))
-        return carry, nn.Dense(self.out, kernel_init=orthogonal(self.out_scale),
-                               dot_general=dense_dot_general)(y)
+        return carry, Dense(self.out, kernel_init=orthogonal(self.out_scale))(y)
 
     def initial_carry(self, n: int) -> jnp.ndarray:
         """The zero hidden state of ``n`` environments, ``[n, hidden_size]``."""

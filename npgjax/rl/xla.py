@@ -38,16 +38,17 @@ def compiler_options(backend: str | None = None, *, quick: bool = False) -> dict
     ``quick=True`` also turns off XLA's MLIR fusion emitters on the CPU
     (``xla_cpu_use_fusion_emitters``): its older loop emitters compile each fused kernel
     faster. For one seed of a small-observation task the program then compiles in about
-    0.6-0.75x the XLA time and runs as fast; vmapped over seeds, or on larger
-    observations, it runs slower (2-core AMD EPYC, ``benchmarks/quick_compile.py``):
+    0.5-0.8x the XLA time and runs about as fast; vmapped over seeds, or on image
+    observations, it runs slower (2-core AMD EPYC, ``benchmarks/quick_compile.py``, two
+    runs):
 
     ======================================  ===========  ================
     program (chunk of 5 updates, LLVM O1)   XLA time     time per update
     ======================================  ===========  ================
-    one seed, classic control (obs <= 6)    0.6-0.8x     0.97-1.05x
-    one seed, bsuite Catch / DeepSea        0.75x        1.06-1.10x
-    one seed, MinAtar (10 x 10 images)      0.6-0.8x     1.07-1.25x
-    2 to 16 seeds vmapped, CartPole-v1      0.55-0.8x    1.24-1.38x
+    one seed, classic control (obs <= 6)    0.49-0.80x   0.96-1.17x
+    one seed, bsuite Catch / DeepSea        0.60-0.70x   1.00-1.09x
+    one seed, Breakout-MinAtar (images)     0.60-0.73x   1.19-1.26x
+    2 and 16 seeds vmapped, CartPole-v1     0.61-0.67x   1.18-1.44x
     ======================================  ===========  ================
 
     It pays for a short run of one seed, where compilation is most of the time to the
