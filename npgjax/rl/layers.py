@@ -153,8 +153,12 @@ class Dense(nn.Module):
 
     Attributes:
       features: output width.
-      kernel_init: initializer of the kernel.
-      bias_init: initializer of the bias.
+      kernel_init: initializer of the kernel (default :func:`orthogonal`, unlike flax's
+        LeCun normal).
+      bias_init: initializer of the bias (zeros).
+
+    Raises:
+      ValueError: on apply, when a parameter's shape is not the layer's.
 
     Examples:
       >>> import jax, jax.numpy as jnp
