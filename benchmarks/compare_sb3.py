@@ -64,7 +64,10 @@ seed, about 2 minutes), ``--seeds 0 1 2`` for other seeds, ``--cpu-modes 1core``
 ``--skip-sb3`` to run only npgjax, ``--json PATH`` to save the results, ``--levers`` to
 give npgjax (only) the issue's speed levers on top of the zoo settings: the Fisher on a
 10% subsample and 5 critic passes at a 10x learning rate (``LEVERS``; their cost in
-learning is measured by ``benchmarks/levers.py``). Other jobs on a
+learning is measured by ``benchmarks/levers.py``), ``--quick-compile`` to compile npgjax's
+chunk as ``npgjax-train --quick-compile`` does (XLA's older loop emitters: about 2 s less
+compilation for one seed at about the same speed; ``benchmarks/quick_compile.py``),
+``--cpu-modes tasks`` for ``--shard tasks``. Other jobs on a
 shared machine slow either side; the load average is printed before each run, and each
 run's CPU time next to its wall time.
 """
