@@ -196,6 +196,43 @@ class _ObsKeepAction(argparse.Action):
         namespace.overrides = items + [f"obs_keep={keep}"]
 
 
+def _add_compute_args(parser: argparse.ArgumentParser) -> None:
+    """How the run compiles and where it runs: the compile cache and options, the
+    devices, the sharding and several hosts."""
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="do not use JAX's persistent compilation cache, not even one "
+                        "that JAX_COMPILATION_CACHE_DIR names (nor save the exported "
+                        "training chunk)")
+    parser.add_argument("--quick-compile", action="store_true",
+                        help="on a CPU, compile the training chunk with XLA's older loop "
+                        "emitters: about 0.5-0.8x the compile time; about as fast for one "
+                        "seed of a small task, up to 1.4x slower vmapped over seeds or on "
+                        "image observations (npgjax.rl.compiler_options(quick=True))")
+    parser.add_argument("--devices", type=_positive_int, default=None, metavar="N",
+                        help="devices to train on (default: all; with several processes, "
+                        "all of theirs; on a CPU, N > 1 makes N host devices, which run "
+                        "side by side on its cores)")
+    parser.add_argument("--shard", choices=("seeds", "envs", "both", "tasks"),
+                        default="seeds",
+                        help="what is split over the devices: the seeds (independent runs "
+                        "side by side), the environments of each seed (one policy, a "
+                        "global batch of num_envs * num_steps), both (a 2-D mesh), or "
+                        "each update's policy step and critic fit, side by side on 2 "
+                        "devices ('tasks'; on a CPU it makes 2 host devices; fastest for "
+                        "one small seed on 2 cores) (default: %(default)s)")
+    dist = parser.add_argument_group(
+        "many hosts", "one process per host, started with the same options; each drives "
+        "its local devices and process 0 writes the outputs (also from the environment "
+        "variables NPGJAX_COORDINATOR, NPGJAX_NUM_PROCESSES, NPGJAX_PROCESS_ID)")
+    dist.add_argument("--coordinator", default=os.environ.get("NPGJAX_COORDINATOR"),
+                      metavar="HOST:PORT", help="address of process 0's coordinator")
+    dist.add_argument("--num-processes", type=_positive_int,
+                      default=os.environ.get("NPGJAX_NUM_PROCESSES"), metavar="N",
+                      help="number of processes")
+    dist.add_argument("--process-id", type=_int_arg, default=os.environ.get("NPGJAX_PROCESS_ID"),
+                      metavar="I", help="this process's index, 0 to N-1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npgjax-train",
@@ -243,38 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue from the checkpoint in --out (same options needed)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--no-compile-cache", action="store_true",
-                        help="do not use JAX's persistent compilation cache, not even one "
-                        "that JAX_COMPILATION_CACHE_DIR names (nor save the exported "
-                        "training chunk)")
-    parser.add_argument("--quick-compile", action="store_true",
-                        help="on a CPU, compile the training chunk with XLA's older loop "
-                        "emitters: about 0.5-0.8x the compile time; about as fast for one "
-                        "seed of a small task, up to 1.4x slower vmapped over seeds or on "
-                        "image observations (npgjax.rl.compiler_options(quick=True))")
-    parser.add_argument("--devices", type=_positive_int, default=None, metavar="N",
-                        help="devices to train on (default: all; with several processes, "
-                        "all of theirs; on a CPU, N > 1 makes N host devices, which run "
-                        "side by side on its cores)")
-    parser.add_argument("--shard", choices=("seeds", "envs", "both", "tasks"),
-                        default="seeds",
-                        help="what is split over the devices: the seeds (independent runs "
-                        "side by side), the environments of each seed (one policy, a "
-                        "global batch of num_envs * num_steps), both (a 2-D mesh), or "
-                        "each update's policy step and critic fit, side by side on 2 "
-                        "devices ('tasks'; on a CPU it makes 2 host devices; fastest for "
-                        "one small seed on 2 cores) (default: %(default)s)")
-    dist = parser.add_argument_group(
-        "many hosts", "one process per host, started with the same options; each drives "
-        "its local devices and process 0 writes the outputs (also from the environment "
-        "variables NPGJAX_COORDINATOR, NPGJAX_NUM_PROCESSES, NPGJAX_PROCESS_ID)")
-    dist.add_argument("--coordinator", default=os.environ.get("NPGJAX_COORDINATOR"),
-                      metavar="HOST:PORT", help="address of process 0's coordinator")
-    dist.add_argument("--num-processes", type=_positive_int,
-                      default=os.environ.get("NPGJAX_NUM_PROCESSES"), metavar="N",
-                      help="number of processes")
-    dist.add_argument("--process-id", type=_int_arg, default=os.environ.get("NPGJAX_PROCESS_ID"),
-                      metavar="I", help="this process's index, 0 to N-1")
+    _add_compute_args(parser)
     parser.add_argument("--stop-after-chunks", type=_positive_int, default=None,
                         help=argparse.SUPPRESS)
     return parser
