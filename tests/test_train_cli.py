@@ -433,7 +433,7 @@ def test_stale_exported_chunk_is_exported_again(tmp_path):
     keys = jax.random.PRNGKey(0)[None]
     small, big = trainer((8,)), trainer((16,))
     comp.compile_training(small, keys, 2, str(tmp_path))
-    path = comp._export_path(str(tmp_path), big.config, keys, 2)
+    path = comp._export_path(str(tmp_path), big.config, keys, 2, vmapped=False)
     stale = path.parent / "stale"
     (old,) = [p for p in path.parent.glob("*.jaxexport") if not p.stem.endswith("-init")]
     old.rename(stale)
@@ -444,3 +444,45 @@ def test_stale_exported_chunk_is_exported_again(tmp_path):
     assert np.asarray(metrics["train_return"]).shape == (1, 2)  # ran: one seed, 2 updates
     shapes = [a.shape for a in comp._read_export(path).in_avals]
     assert (1, 16) in shapes and (1, 8) not in shapes  # the big network's export now
+
+
+def test_one_seed_chunk_runs_without_vmap_and_agrees(tmp_path):
+    """One seed's chunk runs without vmap's size-1 axis (not with the quick compile):
+    the same inputs and outputs, the same training up to rounding, its own export."""
+    import jax
+    import numpy as np
+
+    from npgjax.cli import compile as comp
+    from npgjax.rl import compiler_options, get_config, make_trainer
+
+    one, two = jax.random.PRNGKey(3)[None], jax.random.split(jax.random.PRNGKey(3), 2)
+    assert not comp._vmapped(one, compiler_options("cpu"))
+    assert comp._vmapped(one, compiler_options("cpu", quick=True))
+    assert comp._vmapped(two, compiler_options("cpu"))
+    trainer = make_trainer(get_config("CartPole-v1", "npg", num_envs=2, num_steps=16,
+                                      total_timesteps=96))
+    with pytest.raises(ValueError, match="one seed"):
+        comp._flat_programs(trainer, two, 2, vmapped=False)
+    runs = {}
+    for vmapped in (True, False):
+        init, chunk, _ = comp._flat_programs(trainer, one, 3, vmapped=vmapped)
+        flat = jax.jit(init)(one)
+        runs[vmapped] = jax.jit(chunk)(np.int32(0), *flat)
+    (s_v, m_v), (s_u, m_u) = runs[True], runs[False]
+    assert [x.shape for x in s_u] == [x.shape for x in s_v]
+    assert jax.tree.map(np.shape, m_u) == jax.tree.map(np.shape, m_v)
+    assert m_u["train_return"].shape == (1, 3)
+    for a, b in zip(s_u, s_v, strict=True):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                                   rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(m_u["kl"], m_v["kl"], rtol=1e-2, atol=1e-6)
+    assert float(np.max(m_u["kl"])) > 0  # it trained
+    # The plain and the quick compile export different programs, side by side.
+    for quick in (False, True):
+        comp.compile_training(trainer, one, 3, str(tmp_path), quick_compile=quick)
+    paths = [comp._export_path(str(tmp_path), trainer.config, one, 3, vmapped=v)
+             for v in (False, True)]
+    assert paths[0] != paths[1] and all(p.exists() for p in paths)
+    shapes = {v: [a.shape for a in comp._read_export(p).in_avals]
+              for v, p in zip((False, True), paths, strict=True)}
+    assert shapes[False] == shapes[True]  # both take the state with its seed axis

@@ -205,9 +205,10 @@ def _add_compute_args(parser: argparse.ArgumentParser) -> None:
                         "training chunk)")
     parser.add_argument("--quick-compile", action="store_true",
                         help="on a CPU, compile the training chunk with XLA's older loop "
-                        "emitters: about 0.5-0.8x the compile time; about as fast for one "
-                        "seed of a small task, up to 1.4x slower vmapped over seeds or on "
-                        "image observations (npgjax.rl.compiler_options(quick=True))")
+                        "emitters: about 0.55-0.8x the XLA time, 1.0-1.25x the time per "
+                        "update for one seed of a small task, up to 1.4x vmapped over "
+                        "seeds or on image observations "
+                        "(npgjax.rl.compiler_options(quick=True))")
     parser.add_argument("--devices", type=_positive_int, default=None, metavar="N",
                         help="devices to train on (default: all; with several processes, "
                         "all of theirs; on a CPU, N > 1 makes N host devices, which run "

@@ -87,8 +87,22 @@ def _lower_pair(init: tuple[Any, dict, list], chunk: tuple[Any, dict, list],
     return init_l, chunk_l, how
 
 
-def _flat_programs(trainer: Any, keys: Any, chunk: int, **vmap_kw: Any
-                  ) -> tuple[Any, Any, Any]:
+def _vmapped(keys: Any, options: dict[str, Any]) -> bool:
+    """Whether the chunk is vmapped over seeds: always, but for one seed compiled without
+    XLA's older loop emitters (``compiler_options(quick=True)``).
+
+    One seed then runs ``run_updates`` itself, without vmap's axis of size 1: on a 2-core
+    AMD EPYC 0.69-0.97x the time per update on classic-control and bsuite tasks (about
+    the same on MinAtar) and 0.80-1.00x the XLA time (``benchmarks/quick_compile.py
+    --vmap``). Under the older loop emitters that program runs slower than the vmapped
+    one, so the quick compile keeps the axis. Other kernels round differently: one
+    seed's run can differ from the same seed run among others.
+    """
+    return int(keys.shape[0]) != 1 or options.get("xla_cpu_use_fusion_emitters") is False
+
+
+def _flat_programs(trainer: Any, keys: Any, chunk: int, *, vmapped: bool = True,
+                   **vmap_kw: Any) -> tuple[Any, Any, Any]:
     """``init`` and a ``chunk``-update scan of ``trainer``, vmapped over seeds, on flat
     states (lists of leaves: what ``jax.export`` serialises).
 
@@ -96,6 +110,8 @@ def _flat_programs(trainer: Any, keys: Any, chunk: int, **vmap_kw: Any
       trainer: from :func:`npgjax.rl.make_trainer` (or a sharded one).
       keys: PRNG keys ``[seeds, 2]`` (arrays or ``ShapeDtypeStruct``).
       chunk: updates per call of the chunk.
+      vmapped: False for one seed: the chunk then runs on the state without its seed
+        axis and puts the axis back (:func:`_vmapped`); it takes and returns the same.
       **vmap_kw: for ``jax.vmap`` over seeds (e.g. ``spmd_axis_name``).
 
     Returns:
@@ -106,6 +122,8 @@ def _flat_programs(trainer: Any, keys: Any, chunk: int, **vmap_kw: Any
 
     from npgjax.rl.trainer import run_updates
 
+    if not vmapped and int(keys.shape[0]) != 1:
+        raise ValueError(f"vmapped=False needs one seed, got keys of shape {keys.shape}")
     init = jax.vmap(trainer.init, **vmap_kw)
     shapes = jax.eval_shape(init, keys)
     treedef = jax.tree.structure(shapes)
@@ -114,15 +132,21 @@ def _flat_programs(trainer: Any, keys: Any, chunk: int, **vmap_kw: Any
         return tuple(jax.tree.leaves(init(k)))
 
     def flat_chunk(start: Any, *flat: Any) -> Any:
-        state, metrics = jax.vmap(lambda s: run_updates(trainer, s, start, chunk), **vmap_kw)(
-            jax.tree.unflatten(treedef, flat))
+        state = jax.tree.unflatten(treedef, flat)
+        if vmapped:
+            state, metrics = jax.vmap(lambda s: run_updates(trainer, s, start, chunk),
+                                      **vmap_kw)(state)
+        else:
+            one = jax.tree.map(lambda x: x[0], state)
+            state, metrics = jax.tree.map(lambda x: x[None],
+                                          run_updates(trainer, one, start, chunk))
         return tuple(jax.tree.leaves(state)), metrics
 
     return flat_init, flat_chunk, shapes
 
 
 def _compile_flat(trainer: Any, keys: Any, chunk: int, jit_kw: dict, path: Path | None,
-                  options: dict[str, Any] | None) -> tuple[Any, Any, Any, str, float]:
+                  options: dict[str, Any]) -> tuple[Any, Any, Any, str, float]:
     """Compile the flat init and chunk of :func:`_flat_programs`, both through
     ``jax.export`` (at ``path``, when given).
 
@@ -144,8 +168,9 @@ def _compile_flat(trainer: Any, keys: Any, chunk: int, jit_kw: dict, path: Path 
         if exp is not None:  # warm start: no need to wait for init's abstract trace
             avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in exp.in_avals]
             lowered = jax.jit(exp.call, **jit_kw).lower(*avals)
-            chunk_future = pool.submit(lowered.compile, options)
-        flat_init, flat_chunk, shapes = _flat_programs(trainer, keys, chunk)
+            chunk_future = pool.submit(lowered.compile, options or None)
+        flat_init, flat_chunk, shapes = _flat_programs(trainer, keys, chunk,
+                                                       vmapped=_vmapped(keys, options))
         leaves, treedef = jax.tree.flatten(shapes)
         args = [start_info, *leaves]
         if exp is not None and [(a.shape, a.dtype) for a in args] != [
@@ -155,7 +180,7 @@ def _compile_flat(trainer: Any, keys: Any, chunk: int, jit_kw: dict, path: Path 
             chunk_future = None
         if chunk_future is None:
             lowered, how = _lowered(flat_chunk, jit_kw, args, path)
-            chunk_future = pool.submit(lowered.compile, options)
+            chunk_future = pool.submit(lowered.compile, options or None)
         init_lowered, _ = _lowered(flat_init, jit_kw, [keys], _init_path(path))
         t_lowered = time.perf_counter()
         init_c = init_lowered.compile(INIT_COMPILER_OPTIONS)
@@ -176,8 +201,9 @@ def compile_training(
     are then compiled, the chunk in a thread as soon as it is lowered (on a warm start,
     as soon as its export is read) while init is traced and compiled (:func:`_compile_flat`),
     ``init`` without LLVM optimisation (it runs once), the chunk with
-    :func:`npgjax.rl.compiler_options` (``quick=quick_compile``). Results are memoised in
-    this process per ``(config, seeds, chunk, devices, quick_compile)``.
+    :func:`npgjax.rl.compiler_options` (``quick=quick_compile``). One seed's chunk runs
+    without vmap's seed axis unless ``quick_compile`` (:func:`_vmapped`). Results are
+    memoised in this process per ``(config, seeds, chunk, devices, quick_compile)``.
 
     Args:
       trainer: from :func:`npgjax.rl.make_trainer`.
@@ -222,9 +248,10 @@ def compile_training(
         jit_kw = {"in_shardings": replicated, "out_shardings": replicated}
     t0 = time.perf_counter()
     path = None if export_dir is None else _export_path(
-        export_dir, config, keys, chunk, None if mesh is None else dict(mesh.shape))
+        export_dir, config, keys, chunk, None if mesh is None else dict(mesh.shape),
+        vmapped=_vmapped(keys, options))
     flat_init_c, flat_c, treedef, how, t1 = _compile_flat(trainer, keys, chunk, jit_kw, path,
-                                                          options or None)
+                                                          options)
     t2 = time.perf_counter()
 
     def init_c(k: Any) -> Any:

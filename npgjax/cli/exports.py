@@ -38,15 +38,16 @@ def _fingerprint() -> str:
     return h.hexdigest()
 
 
-def _export_path(export_dir: str, config: Any, keys: Any, chunk: int, mesh: Any = None
-                 ) -> Path:
-    """Where the exported chunk for this config, device, code and versions lives."""
+def _export_path(export_dir: str, config: Any, keys: Any, chunk: int, mesh: Any = None,
+                 vmapped: bool = True) -> Path:
+    """Where the exported chunk for this config, device, code and versions lives
+    (``vmapped``: whether one seed's chunk keeps the seed axis, ``compile._vmapped``)."""
     import jax
 
     device = jax.devices()[0]
     h = hashlib.sha256(_fingerprint().encode())
     h.update(repr((config, tuple(keys.shape), str(keys.dtype), chunk,
-                   device.platform, device.device_kind, mesh)).encode())
+                   device.platform, device.device_kind, mesh, vmapped)).encode())
     return Path(export_dir) / _EXPORT_SUBDIR / f"{h.hexdigest()[:40]}.jaxexport"
 
 

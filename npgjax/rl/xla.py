@@ -37,24 +37,25 @@ def compiler_options(backend: str | None = None, *, quick: bool = False) -> dict
 
     ``quick=True`` also turns off XLA's MLIR fusion emitters on the CPU
     (``xla_cpu_use_fusion_emitters``): its older loop emitters compile each fused kernel
-    faster. For one seed of a small-observation task the program then compiles in about
-    0.5-0.8x the XLA time and runs about as fast; vmapped over seeds, or on image
-    observations, it runs slower (2-core AMD EPYC, ``benchmarks/quick_compile.py``, two
-    runs):
+    faster, and the kernels run slower. Against the command line's plain chunk (which for
+    one seed runs without vmap's seed axis; the quick one keeps it, as its older
+    emitters run that program slower still) on a 2-core AMD EPYC
+    (``benchmarks/quick_compile.py``, two runs, session 24):
 
     ======================================  ===========  ================
     program (chunk of 5 updates, LLVM O1)   XLA time     time per update
     ======================================  ===========  ================
-    one seed, classic control (obs <= 6)    0.49-0.80x   0.96-1.17x
-    one seed, bsuite Catch / DeepSea        0.60-0.70x   1.00-1.09x
-    one seed, Breakout-MinAtar (images)     0.60-0.73x   1.19-1.26x
-    2 and 16 seeds vmapped, CartPole-v1     0.61-0.67x   1.18-1.44x
+    one seed, classic control (obs <= 6)    0.56-0.79x   1.12-1.25x
+    one seed, bsuite Catch / DeepSea        0.60-0.82x   1.02-1.12x
+    one seed, Breakout-MinAtar (images)     0.65-0.67x   1.38-1.39x
+    2 and 16 seeds vmapped, CartPole-v1     0.58-0.68x   1.19-1.42x
     ======================================  ===========  ================
 
     It pays for a short run of one seed, where compilation is most of the time to the
-    result (``npgjax-train --seeds 1 --quick-compile``); without ``quick`` is the better
-    choice for anything that trains for longer than it compiles. Other kernels round
-    differently, so the same seed can end differently (as on another CPU).
+    result (``npgjax-train --seeds 1 --quick-compile``: 1-2.6 s less XLA time);
+    without ``quick`` is the better choice for anything that trains for longer than it
+    compiles. Other kernels round differently, so the same seed can end differently (as
+    on another CPU).
 
     Args:
       backend: ``"cpu"``, ``"gpu"``, ``"tpu"``, or None for ``jax.default_backend()``.
