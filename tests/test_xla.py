@@ -144,3 +144,20 @@ def test_command_line_lowers_threefry_unrolled(tmp_path):
         assert how in ("traced", "saved")
         assert "stablehlo.while" not in lowered.as_text()
         np.testing.assert_array_equal(lowered.compile()(key)[0], jax.jit(_draws)(key)[0])
+
+
+def test_init_lowered_with_loops_and_compiled_cheaply_gives_the_same_bits(tmp_path):
+    # init runs once: threefry keeps JAX's loops there (a smaller program) and XLA
+    # compiles it with INIT_COMPILER_OPTIONS; the draws are the chunk's bits.
+    from npgjax.cli.compile import INIT_COMPILER_OPTIONS, _lowered
+
+    key = jax.random.PRNGKey(5)
+    lowered, how = _lowered(lambda k: _draws(k), {}, [key], tmp_path / "i.jaxexport",
+                            unroll=False)
+    assert how == "saved"
+    if jax.default_backend() == "cpu":
+        assert "stablehlo.while" in lowered.as_text()
+    unrolled, _ = _lowered(_draws, {}, [key], None)
+    for a, b in zip(jax.tree.leaves(lowered.compile(INIT_COMPILER_OPTIONS)(key)),
+                    jax.tree.leaves(unrolled.compile()(key)), strict=True):
+        np.testing.assert_array_equal(a, b)
