@@ -208,7 +208,7 @@ def compile_training(
     an abstract trace of init, about 0.1 s, still gives the state's structure). Both programs
     are then compiled, the chunk in a thread as soon as it is lowered (on a warm start,
     as soon as its export is read) while init is traced and compiled (:func:`_compile_flat`),
-    ``init`` without LLVM optimisation (it runs once), the chunk with
+    ``init`` cheaply (it runs once: :data:`INIT_COMPILER_OPTIONS`), the chunk with
     :func:`npgjax.rl.compiler_options` (``quick=quick_compile``). One seed's chunk runs
     without vmap's seed axis unless ``quick_compile`` (:func:`_vmapped`). Results are
     memoised in this process per ``(config, seeds, chunk, devices, quick_compile)``.
