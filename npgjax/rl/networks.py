@@ -246,12 +246,16 @@ def make_networks(
 
 
 def _check_fits(pi: nn.Module, vf: nn.Module, obs_shape: tuple[int, ...]) -> None:
-    dummy = jnp.zeros((2, *obs_shape))
+    # Abstract throughout: no eager op, so nothing is compiled (a cold start is shorter).
+    dummy = jax.ShapeDtypeStruct((2, *obs_shape), jnp.result_type(float))
+
+    def init(net: nn.Module, x: jax.Array) -> Any:
+        args = (net.initial_carry(2), x) if isinstance(net, GRUNet) else (x,)
+        return net.init_with_output(jax.random.PRNGKey(0), *args)[0]
+
     for name, net, width in (("policy", pi, None), ("critic", vf, 1)):
-        args = (net.initial_carry(2), dummy) if isinstance(net, GRUNet) else (dummy,)
         try:
-            out = jax.eval_shape(
-                lambda n=net, a=args: n.init_with_output(jax.random.PRNGKey(0), *a))[0]
+            out = jax.eval_shape(lambda x, n=net: init(n, x), dummy)
             out = out[1] if isinstance(net, GRUNet) else out
         except Exception as e:
             raise ValueError(f"the {name} network does not fit observations of shape "
