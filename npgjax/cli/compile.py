@@ -59,7 +59,7 @@ def no_compile_cache() -> Iterator[None]:
 
 # init runs once (also in cli/devices.py and cli/warm.py): compiled without LLVM
 # optimisation and with XLA's older loop emitters, and lowered with threefry's loops
-# (_lowered(unroll=False)). On a 2-core AMD EPYC its XLA time, beside the chunk's
+# (_lowered_init). On a 2-core AMD EPYC its XLA time, beside the chunk's
 # compilation, went from about 1.0 to 0.55 s, the same bits (session 25).
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0,
                          "xla_cpu_use_fusion_emitters": False}
@@ -80,6 +80,12 @@ def _lowered(fn: Any, kw: dict, args: list[Any], path: Path | None, *,
         return jax.jit(exp.call if exp is not None else fn, **kw).lower(*args), how
 
 
+def _lowered_init(fn: Any, kw: dict, args: list[Any], chunk_path: Path | None) -> Any:
+    """Init lowered as :func:`_lowered` does, beside the chunk's export (``-init``), with
+    threefry's loops: it runs once, so the smaller program wins."""
+    return _lowered(fn, kw, args, _init_path(chunk_path), unroll=False)[0]
+
+
 def _lower_pair(init: tuple[Any, dict, list], chunk: tuple[Any, dict, list],
                 path: Path | None) -> tuple[Any, Any, str]:
     """Lower ``init`` and the chunk, each ``(flat function, jit keywords, arguments)``.
@@ -90,7 +96,7 @@ def _lower_pair(init: tuple[Any, dict, list], chunk: tuple[Any, dict, list],
     Returns:
       ``(init lowered, chunk lowered, what happened to the exported chunk)``.
     """
-    init_l, _ = _lowered(*init, _init_path(path), unroll=False)
+    init_l = _lowered_init(*init, path)
     chunk_l, how = _lowered(*chunk, path)
     return init_l, chunk_l, how
 
@@ -189,7 +195,7 @@ def _compile_flat(trainer: Any, keys: Any, chunk: int, jit_kw: dict, path: Path 
         if chunk_future is None:
             lowered, how = _lowered(flat_chunk, jit_kw, args, path)
             chunk_future = pool.submit(lowered.compile, options or None)
-        init_lowered, _ = _lowered(flat_init, jit_kw, [keys], _init_path(path), unroll=False)
+        init_lowered = _lowered_init(flat_init, jit_kw, [keys], path)
         t_lowered = time.perf_counter()
         init_c = init_lowered.compile(INIT_COMPILER_OPTIONS)
         return init_c, chunk_future.result(), treedef, how, t_lowered
