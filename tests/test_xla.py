@@ -148,8 +148,12 @@ def test_command_line_lowers_threefry_unrolled(tmp_path):
 
 def test_init_lowered_with_loops_and_compiled_cheaply_gives_the_same_bits(tmp_path):
     # init runs once: threefry keeps JAX's loops there (a smaller program) and XLA
-    # compiles it with INIT_COMPILER_OPTIONS; the draws are the chunk's bits.
-    from npgjax.cli.compile import INIT_COMPILER_OPTIONS, _lowered
+    # compiles it with init_compiler_options(); the draws are the chunk's bits.
+    from npgjax.cli.compile import _lowered, init_compiler_options
+
+    assert init_compiler_options("gpu") is None and init_compiler_options("tpu") is None
+    assert init_compiler_options("cpu") == {"xla_backend_optimization_level": 0,
+                                            "xla_cpu_use_fusion_emitters": False}
 
     key = jax.random.PRNGKey(5)
     lowered, how = _lowered(lambda k: _draws(k), {}, [key], tmp_path / "i.jaxexport",
@@ -158,6 +162,6 @@ def test_init_lowered_with_loops_and_compiled_cheaply_gives_the_same_bits(tmp_pa
     if jax.default_backend() == "cpu":
         assert "stablehlo.while" in lowered.as_text()
     unrolled, _ = _lowered(_draws, {}, [key], None)
-    for a, b in zip(jax.tree.leaves(lowered.compile(INIT_COMPILER_OPTIONS)(key)),
+    for a, b in zip(jax.tree.leaves(lowered.compile(init_compiler_options())(key)),
                     jax.tree.leaves(unrolled.compile()(key)), strict=True):
         np.testing.assert_array_equal(a, b)

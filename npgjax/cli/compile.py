@@ -57,12 +57,23 @@ def no_compile_cache() -> Iterator[None]:
         jax.config.update("jax_enable_compilation_cache", before)
 
 
-# init runs once (also in cli/devices.py and cli/warm.py): compiled without LLVM
-# optimisation and with XLA's older loop emitters, and lowered with threefry's loops
-# (_lowered_init). On a 2-core AMD EPYC its XLA time, beside the chunk's
-# compilation, went from about 1.0 to 0.55 s, the same bits (session 25).
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0,
-                         "xla_cpu_use_fusion_emitters": False}
+_INIT_CPU_OPTIONS = {"xla_backend_optimization_level": 0,
+                     "xla_cpu_use_fusion_emitters": False}
+
+
+def init_compiler_options(backend: str | None = None) -> dict[str, Any] | None:
+    """XLA options for init, which runs once (here, in cli/devices.py and cli/warm.py).
+
+    On the CPU: no LLVM optimisation and XLA's older loop emitters (init is also
+    lowered with threefry's loops, :func:`_lowered_init`). On a 2-core AMD EPYC its XLA
+    time, beside the chunk's compilation, went from about 1.0 to 0.55 s, the same bits
+    (session 25). Elsewhere XLA's defaults (None), as
+    :func:`npgjax.rl.compiler_options`: not measured there.
+    """
+    import jax
+
+    cpu = (jax.default_backend() if backend is None else backend) == "cpu"
+    return dict(_INIT_CPU_OPTIONS) if cpu else None
 
 
 def _lowered(fn: Any, kw: dict, args: list[Any], path: Path | None, *,
@@ -166,7 +177,7 @@ def _compile_flat(trainer: Any, keys: Any, chunk: int, jit_kw: dict, path: Path 
 
     The chunk is compiled (or, on a warm start, its executable read from JAX's cache)
     in a thread while init is traced and compiled here: XLA releases the GIL. Init runs
-    once, so it is compiled cheaply (:data:`INIT_COMPILER_OPTIONS`); the chunk with ``options``
+    once, so it is compiled cheaply (:func:`init_compiler_options`); the chunk with ``options``
     (:func:`npgjax.rl.compiler_options`; CPU: LLVM O1, about 0.6x O3's compile time).
     Python's collector is paused meanwhile (:mod:`npgjax._gc`).
 
@@ -197,7 +208,7 @@ def _compile_flat(trainer: Any, keys: Any, chunk: int, jit_kw: dict, path: Path 
             chunk_future = pool.submit(lowered.compile, options or None)
         init_lowered = _lowered_init(flat_init, jit_kw, [keys], path)
         t_lowered = time.perf_counter()
-        init_c = init_lowered.compile(INIT_COMPILER_OPTIONS)
+        init_c = init_lowered.compile(init_compiler_options())
         return init_c, chunk_future.result(), treedef, how, t_lowered
 
 
@@ -214,7 +225,7 @@ def compile_training(
     an abstract trace of init, about 0.1 s, still gives the state's structure). Both programs
     are then compiled, the chunk in a thread as soon as it is lowered (on a warm start,
     as soon as its export is read) while init is traced and compiled (:func:`_compile_flat`),
-    ``init`` cheaply (it runs once: :data:`INIT_COMPILER_OPTIONS`), the chunk with
+    ``init`` cheaply (it runs once: :func:`init_compiler_options`), the chunk with
     :func:`npgjax.rl.compiler_options` (``quick=quick_compile``). One seed's chunk runs
     without vmap's seed axis unless ``quick_compile`` (:func:`_vmapped`). Results are
     memoised in this process per ``(config, seeds, chunk, devices, quick_compile)``.

@@ -154,7 +154,7 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int,
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from npgjax.cli.compile import INIT_COMPILER_OPTIONS, _export_path, _flat_programs, _lower_pair
+    from npgjax.cli.compile import _export_path, _flat_programs, _lower_pair, init_compiler_options
     from npgjax.rl.mesh import put_global, seed_axis
     from npgjax.rl.sharding import make_sharded_trainer, state_sharding
     from npgjax.rl.xla import compiler_options
@@ -178,7 +178,7 @@ def compile_sharded(config: Any, mesh: Any, keys: Any, chunk: int,
                                       (flat_chunk, chunk_kw, [start, *leaves]), path)
     t1 = time.perf_counter()
     # As the one-device path compiles (npgjax.cli.compile.compile_training).
-    init_c = init_l.compile(INIT_COMPILER_OPTIONS)
+    init_c = init_l.compile(init_compiler_options())
     chunk_c = chunk_l.compile(compiler_options(quick=quick_compile) or None)
     t2 = time.perf_counter()
 

@@ -206,10 +206,10 @@ def prefetch_training(export_dir: str | None, request: Any, keys: Any
         with _lapack_setup_deferred(chunk_bytes):  # the chunk's XLA read starts sooner
             chunk_l = _lower(chunk_exp, m["mesh"], chunk_exp.in_avals)
         chunk_f = pool.submit(chunk_l.compile, m["options"] or None)
-        from npgjax.cli.compile import INIT_COMPILER_OPTIONS
+        from npgjax.cli.compile import init_compiler_options
 
         init_f = pool.submit(_lower(init_exp, m["mesh"], [keys]).compile,
-                             INIT_COMPILER_OPTIONS)
+                             init_compiler_options())
     lower_s = time.perf_counter() - t0
 
     def finish() -> WarmTraining:

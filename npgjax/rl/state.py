@@ -14,7 +14,7 @@ from npgjax.rl.normalize import RunningStats
 Array = jax.Array
 PyTree = Any
 
-__all__ = ["RunnerState", "Trainer"]
+__all__ = ["RunnerState", "Trainer", "UpdatePieces"]
 
 
 class RunnerState(NamedTuple):
@@ -57,6 +57,22 @@ class RunnerState(NamedTuple):
     update: Array
     hparams: dict[str, Array]
     memory: PyTree = ()
+
+
+class UpdatePieces(NamedTuple):
+    """One update in four pure pieces (:mod:`npgjax.rl.update`).
+
+    Attributes:
+      front: ``front(state) -> f``: the rollout, advantages and value targets (a dict).
+      policy: ``policy(state, f) -> (pi_params, pi_opt_state, diagnostics)``.
+      critic: ``critic(state, f) -> (vf_params, vf_opt_state)``.
+      back: ``back(state, f, policy result, critic result) -> (state, metrics)``.
+    """
+
+    front: Callable[[RunnerState], dict[str, Any]]
+    policy: Callable[[RunnerState, dict[str, Any]], Any]
+    critic: Callable[[RunnerState, dict[str, Any]], Any]
+    back: Callable[..., tuple[RunnerState, dict[str, Array]]]
 
 
 class Trainer(NamedTuple):

@@ -1,9 +1,9 @@
 """Jitted, vectorised training on gymnax: ``make_train(config) -> train(key)``.
 
 ``make_trainer`` only assembles the pieces: the environment (:mod:`~npgjax.rl.envs`),
-the networks (:mod:`~npgjax.rl.networks`), the rollout (:mod:`~npgjax.rl.rollout`), GAE
-from the core estimators, the critic fit (:mod:`~npgjax.rl.critic`), the algorithm's
-policy update (:mod:`~npgjax.rl.algos`) and the deterministic evaluation
+the networks (:mod:`~npgjax.rl.networks`), the update (:mod:`~npgjax.rl.update`: the
+rollout, GAE from the core estimators, the algorithm's policy step from
+:mod:`~npgjax.rl.algos` and the critic fit) and the deterministic evaluation
 (:mod:`~npgjax.rl.evaluation`). ``train`` is a pure function: jit it, vmap it over seeds,
 or over traced hyperparameters (``hparams``).
 """
@@ -18,18 +18,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from npgjax.estimators import explained_variance, gae, normalize_advantages
-from npgjax.rl.algos import ALGORITHMS, PolicyModel, UpdateData
+from npgjax.rl.algos import ALGORITHMS, PolicyModel
 from npgjax.rl.configs import Config
-from npgjax.rl.critic import fit_critic
 from npgjax.rl.envs import make_env
 from npgjax.rl.evaluation import evaluate_episodes
 from npgjax.rl.networks import make_networks
-from npgjax.rl.normalize import init_stats, update_stats
+from npgjax.rl.normalize import init_stats
 from npgjax.rl.parts import Parts as _Parts
-from npgjax.rl.recurrent import fit_recurrent_critic, unroll_values
-from npgjax.rl.rollout import collect, record_episodes
 from npgjax.rl.state import RunnerState, Trainer
+from npgjax.rl.update import compose, make_pieces
 
 Array = jax.Array
 PyTree = Any
@@ -89,8 +86,9 @@ def make_trainer(
                         parts.policy_batch if parts.recurrent else None)
     parts = parts._replace(algo=ALGORITHMS[config.algo].build(model, config.options),
                            model=model)
-    return Trainer(_make_init(parts), _make_update(parts, shard_batch, run_pair),
-                   _make_evaluate(parts), parts.act, config, spec, parts.init_carry, model)
+    update = compose(make_pieces(parts, shard_batch), run_pair)
+    return Trainer(_make_init(parts), update, _make_evaluate(parts), parts.act, config, spec,
+                   parts.init_carry, model)
 
 
 def _make_init(parts: _Parts) -> Callable[..., RunnerState]:
@@ -130,83 +128,6 @@ def _make_init(parts: _Parts) -> Callable[..., RunnerState]:
     return init
 
 
-def _in_turn(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
-    return first(), second()
-
-
-def _make_update(parts: _Parts, shard_batch: Callable[[dict], dict] | None = None,
-                 run_pair: Callable[..., tuple[Any, Any]] | None = None,
-                 ) -> Callable[[RunnerState], tuple[RunnerState, dict]]:
-    config, policy, value = parts.config, parts.policy, parts.value
-    T, B = config.num_steps, config.batch_size
-    model = parts.model
-
-    def update(state: RunnerState) -> tuple[RunnerState, dict[str, Array]]:
-        hp = state.hparams
-        key, k_roll, k_vf, k_pi = jax.random.split(state.key, 4)
-        carry = (state.env_state, state.obs, state.ep_return, state.ep_length)
-        stats = state.obs_stats
-        if parts.recurrent:
-            carry += (state.memory["pi"],)
-            pol = lambda o, h: parts.policy_step(state.pi_params, o, h)
-        else:
-            pol = lambda o: policy(state.pi_params, o)
-        carry, traj = collect(parts.spec, pol, lambda o: parts.prep(stats, o), carry, k_roll, T)
-        env_state, obs, ep_ret, ep_len = carry[:4]
-        if parts.recurrent:
-            values, next_values, vf_carry = unroll_values(
-                parts.vf_net, state.vf_params, state.memory["vf"], traj["obs"],
-                traj["next_obs"], traj["done"])
-            memory = {"pi": carry[4], "vf": vf_carry}
-        else:
-            values = value(state.vf_params, traj["obs"])
-            next_values = value(state.vf_params, traj["next_obs"])
-            memory = state.memory
-        adv, targets = gae(traj["reward"], values, next_values, traj["terminated"],
-                           traj["truncated"], hp["gamma"], hp["gae_lambda"])
-        keys = ("obs", "actions", "old_logp") + (("carry", "done") if parts.recurrent else ())
-        flat = {k: traj[k].reshape((B,) + traj[k].shape[2:]) for k in keys}
-        a = adv.reshape(B)
-        flat["adv"] = normalize_advantages(a) if config.normalize_adv else a
-        if shard_batch is not None:
-            flat = shard_batch(flat)
-        progress = state.update.astype(jnp.float32) / config.num_updates
-        (pi_params, pi_opt_state, diag), (vf_params, vf_opt_state) = (run_pair or _in_turn)(
-            lambda: parts.algo.step(state.pi_params, state.pi_opt_state,
-                                    UpdateData(flat, traj, next_values), hp, progress, k_pi),
-            lambda: _fit_critic(parts, state, traj, flat, targets, k_vf))
-        if config.normalize_obs:
-            stats = update_stats(stats, traj["raw_obs"])
-        buffers, mean_ret, mean_len = record_episodes(
-            (state.return_buffer, state.length_buffer, state.num_episodes), traj)
-        metrics = _metrics(state, traj, buffers[2], mean_ret, mean_len, values, targets,
-                           model.dist_fn(state.pi_params, flat), model.dist_fn(pi_params, flat),
-                           B)
-        new_state = RunnerState(
-            pi_params, vf_params, vf_opt_state, pi_opt_state, stats, env_state, obs, ep_ret,
-            ep_len, buffers[0], buffers[1], buffers[2], key, state.update + 1, hp, memory)
-        return new_state, {**metrics, **diag}
-
-    return update
-
-
-def _fit_critic(parts: _Parts, state: RunnerState, traj: dict[str, Array],
-                flat: dict[str, Array], targets: Array, key: Array) -> tuple[PyTree, PyTree]:
-    config = parts.config
-    B = config.batch_size
-    if not parts.recurrent:
-        return fit_critic(parts.value, parts.vf_tx, state.vf_params, state.vf_opt_state,
-                          flat["obs"], targets.reshape(B), key, epochs=config.vf_epochs,
-                          minibatch=config.vf_minibatch or B)
-    # Whole environments per minibatch: as many steps as vf_minibatch, where that divides.
-    E = config.num_envs
-    mb = max(1, (config.vf_minibatch or B) // config.num_steps)
-    return fit_recurrent_critic(
-        parts.vf_net, parts.vf_tx, state.vf_params, state.vf_opt_state,
-        (state.memory["vf"], traj["obs"], traj["done"]), targets, key,
-        epochs=config.vf_epochs, minibatch_envs=mb if E % mb == 0 else E)
-
-
 def _make_evaluate(parts: _Parts) -> Callable[[RunnerState], dict[str, Array]]:
     n = parts.config.eval_episodes
 
@@ -225,23 +146,6 @@ def _make_evaluate(parts: _Parts) -> Callable[[RunnerState], dict[str, Array]]:
         return {"eval_return": jnp.mean(ret), "eval_length": jnp.mean(length)}
 
     return evaluate
-
-
-def _metrics(state, traj, n_ep, mean_ret, mean_len, values, targets, old_dist, new_dist, B):
-    done = traj["done"]
-    n_done = jnp.sum(done)
-    return {
-        "env_steps": (state.update + 1) * B,
-        "train_return": mean_ret,
-        "episode_length": mean_len,
-        "episodes": n_ep,
-        "rollout_return": jnp.where(
-            n_done > 0, jnp.sum(traj["ep_return"] * done) / jnp.maximum(n_done, 1), jnp.nan),
-        "kl": jnp.mean(old_dist.kl(new_dist)),
-        "entropy": jnp.mean(old_dist.entropy()),
-        "value_loss": jnp.mean((values - targets) ** 2),
-        "explained_variance": explained_variance(values, targets),
-    }
 
 
 def run_updates(
