@@ -33,7 +33,16 @@ __all__ = ["compose", "make_pieces"]
 
 def make_pieces(parts: Parts, shard_batch: Callable[[dict], dict] | None = None
                 ) -> UpdatePieces:
-    """The four pieces of ``parts``' update (see the module docstring)."""
+    """The four pieces of ``parts``' update (see the module docstring).
+
+    Args:
+      parts: the trainer's assembled pieces (:class:`npgjax.rl.parts.Parts`).
+      shard_batch: optional function applied to the flat batch before the policy step
+        and the critic fit (see :func:`npgjax.rl.make_trainer`).
+
+    Returns:
+      An :class:`npgjax.rl.state.UpdatePieces`.
+    """
     config, policy, value = parts.config, parts.policy, parts.value
     T, B = config.num_steps, config.batch_size
 
@@ -105,8 +114,16 @@ def _in_turn(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, 
 
 def compose(pieces: UpdatePieces, run_pair: Callable[..., tuple[Any, Any]] | None = None
             ) -> Callable[[RunnerState], tuple[RunnerState, dict[str, Array]]]:
-    """``update(state) -> (state, metrics)`` from the pieces; ``run_pair(first, second)``
-    runs the policy step and the critic fit (None: one after the other)."""
+    """``update(state) -> (state, metrics)`` from the pieces.
+
+    Args:
+      pieces: from :func:`make_pieces`.
+      run_pair: ``run_pair(policy_step, critic_fit) -> (policy result, critic result)``,
+        given the two halves as thunks; None runs them one after the other.
+
+    Returns:
+      The update, a pure function.
+    """
 
     def update(state: RunnerState) -> tuple[RunnerState, dict[str, Array]]:
         f = pieces.front(state)
