@@ -67,8 +67,22 @@ def init_compiler_options(backend: str | None = None) -> dict[str, Any] | None:
     On the CPU: no LLVM optimisation and XLA's older loop emitters (init is also
     lowered with threefry's loops, :func:`_lowered_init`). On a 2-core AMD EPYC its XLA
     time, beside the chunk's compilation, went from about 1.0 to 0.55 s, the same bits
-    (session 25). Elsewhere XLA's defaults (None), as
-    :func:`npgjax.rl.compiler_options`: not measured there.
+    (session 25). Elsewhere XLA's defaults, as :func:`npgjax.rl.compiler_options`: not
+    measured there. (The literal options, not built from ``compiler_options``: importing
+    ``npgjax.rl`` would cost the warm start, which uses this too.)
+
+    Args:
+      backend: ``"cpu"``, ``"gpu"``, ``"tpu"``, or None for ``jax.default_backend()``.
+
+    Returns:
+      The options for ``Lowered.compile``, or None (XLA's defaults).
+
+    Examples:
+      >>> from npgjax.cli.compile import init_compiler_options
+      >>> init_compiler_options("cpu")
+      {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}
+      >>> init_compiler_options("gpu") is None
+      True
     """
     import jax
 

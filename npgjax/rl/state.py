@@ -14,7 +14,7 @@ from npgjax.rl.normalize import RunningStats
 Array = jax.Array
 PyTree = Any
 
-__all__ = ["RunnerState", "Trainer", "UpdatePieces"]
+__all__ = ["RunnerState", "Trainer"]
 
 
 class RunnerState(NamedTuple):
@@ -60,7 +60,7 @@ class RunnerState(NamedTuple):
 
 
 class UpdatePieces(NamedTuple):
-    """One update in four pure pieces (:mod:`npgjax.rl.update`).
+    """One update in four pure pieces (internal: :mod:`npgjax.rl.update`).
 
     Attributes:
       front: ``front(state) -> f``: the rollout, advantages and value targets (a dict).

@@ -28,7 +28,7 @@ from npgjax.rl.state import RunnerState, UpdatePieces
 Array = jax.Array
 PyTree = Any
 
-__all__ = ["compose", "make_pieces"]
+__all__: list[str] = []  # internal: make_trainer assembles the update from it
 
 
 def make_pieces(parts: Parts, shard_batch: Callable[[dict], dict] | None = None
