@@ -22,7 +22,6 @@ re-exported here.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from npgjax._checked_step import checked_step, hyper_status
+from npgjax._solve import make_solve
 from npgjax._tree import (
     AxisName,
     check_all_finite,
@@ -47,8 +47,6 @@ from npgjax._tree import (
     varying_axes,
 )
 from npgjax.fisher import analytic_fisher, damped, empirical_fisher
-from npgjax.sample_space import sample_space_natural_gradient
-from npgjax.solvers import conjugate_gradient
 from npgjax.status import ZERO_UPDATE_BITS
 from npgjax.trust_region import (
     KLGuardState,
@@ -122,33 +120,44 @@ def _check_global_gradient(updates: PyTree, axis_name: AxisName) -> None:
         )
 
 
-def _make_solve(solver, log_prob_fn, cg_iters, cg_tol, centered, chunk_size, axis_name):
-    """``solve(matvec, g, params, data, mask, damping) -> (x, SolveInfo)``."""
-    if solver is None or solver == "cg":
-        solver = functools.partial(conjugate_gradient, max_iters=cg_iters, tol=cg_tol)
-    elif solver == "sample_space":
-        if log_prob_fn is None:
-            raise ValueError(
-                "precondition_by_fisher: solver='sample_space' needs log_prob_fn (per-sample "
-                "log-probabilities); a dist_fn or custom fisher source has no scores to solve with."
-            )
-
-        def exact(matvec, g, params, data, mask, damping):
-            del matvec
-            return sample_space_natural_gradient(
-                log_prob_fn, params, data, g, damping=damping, centered=centered,
-                chunk_size=chunk_size, mask=mask, axis_name=axis_name)
-
-        return exact
-    elif isinstance(solver, str):
+def _check_args(sources: tuple[Any, ...], max_kl: Any, damping: Any, cg_iters: Any,
+                cg_tol: Any) -> None:
+    """Raise ValueError for a bad construction of :func:`precondition_by_fisher`."""
+    n = sum(x is not None for x in sources)
+    if n != 1:
         raise ValueError(
-            f"precondition_by_fisher: unknown solver {solver!r}; use 'cg', 'sample_space' or "
-            "a callable solver(matvec, b)."
+            "precondition_by_fisher needs exactly one of log_prob_fn, dist_fn or fisher; "
+            f"got {n}."
         )
-    if chunk_size is not None:
-        raise ValueError(
-            "precondition_by_fisher: chunk_size is only used by solver='sample_space'.")
-    return lambda matvec, g, *_: solver(matvec, g)
+    if max_kl is not None:
+        check_positive(max_kl, "max_kl")
+    check_positive(damping, "damping", allow_zero=True)
+    check_positive(cg_tol, "cg_tol", allow_zero=True)
+    if is_concrete(cg_iters) and int(cg_iters) < 1:
+        raise ValueError(f"cg_iters must be at least 1, got {cg_iters}.")
+
+
+def _next_state(state: PreconditionByFisherState, skipped: Array, status: Array, gx: Array,
+                pred_kl: Array, scale: Array, cosine: Array, info: Any, gnorm: Array
+                ) -> PreconditionByFisherState:
+    """The state after an update: its diagnostics, zero where the update was skipped."""
+
+    def keep(v: Array) -> Array:
+        return jnp.where(skipped, 0.0, v).astype(jnp.float32)
+
+    return PreconditionByFisherState(
+        count=optax.safe_int32_increment(state.count),
+        grad_dot_natgrad=keep(gx),
+        predicted_kl=keep(pred_kl),
+        step_scale=keep(scale),
+        cg_iterations=jnp.asarray(info.iterations, jnp.int32),
+        cg_residual=jnp.asarray(
+            info.residual_norm / jnp.where(gnorm > 0, gnorm, 1.0), jnp.float32
+        ),
+        cosine=keep(cosine),
+        skipped=skipped,
+        status=status.astype(jnp.int32),
+    )
 
 
 def precondition_by_fisher(
@@ -257,25 +266,14 @@ def precondition_by_fisher(
       Kakade, *A Natural Policy Gradient*, NeurIPS 2001.
       Schulman et al., *Trust Region Policy Optimization*, ICML 2015.
     """
-    sources = [x is not None for x in (log_prob_fn, dist_fn, fisher)]
-    if sum(sources) != 1:
-        raise ValueError(
-            "precondition_by_fisher needs exactly one of log_prob_fn, dist_fn or fisher; "
-            f"got {sum(sources)}."
-        )
-    if max_kl is not None:
-        check_positive(max_kl, "max_kl")
-    check_positive(damping, "damping", allow_zero=True)
-    check_positive(cg_tol, "cg_tol", allow_zero=True)
-    if is_concrete(cg_iters) and int(cg_iters) < 1:
-        raise ValueError(f"cg_iters must be at least 1, got {cg_iters}.")
+    _check_args((log_prob_fn, dist_fn, fisher), max_kl, damping, cg_iters, cg_tol)
     if log_prob_fn is not None:
         make_fisher = empirical_fisher(log_prob_fn, centered=centered, axis_name=axis_name)
     elif dist_fn is not None:
         make_fisher = analytic_fisher(dist_fn, per=per, axis_name=axis_name)
     else:
         make_fisher = fisher
-    solve = _make_solve(solver, log_prob_fn, cg_iters, cg_tol, centered, chunk_size, axis_name)
+    solve = make_solve(solver, log_prob_fn, cg_iters, cg_tol, centered, chunk_size, axis_name)
 
     def init_fn(params: PyTree) -> PreconditionByFisherState:
         del params
@@ -314,24 +312,7 @@ def precondition_by_fisher(
         status = status | hyper_status(max_kl, damping, fisher_mask, axis_name)
         skipped = (status & ZERO_UPDATE_BITS) != 0
         out = tree_where(skipped, tree_zeros_like(updates), tree_scale(scale, x))
-        gnorm = tree_norm(updates)
-
-        def keep(v: Array) -> Array:
-            return jnp.where(skipped, 0.0, v).astype(jnp.float32)
-
-        new_state = PreconditionByFisherState(
-            count=optax.safe_int32_increment(state.count),
-            grad_dot_natgrad=keep(gx),
-            predicted_kl=keep(pred_kl),
-            step_scale=keep(scale),
-            cg_iterations=jnp.asarray(info.iterations, jnp.int32),
-            cg_residual=jnp.asarray(
-                info.residual_norm / jnp.where(gnorm > 0, gnorm, 1.0), jnp.float32
-            ),
-            cosine=keep(cosine),
-            skipped=skipped,
-            status=status.astype(jnp.int32),
-        )
-        return out, new_state
+        return out, _next_state(state, skipped, status, gx, pred_kl, scale, cosine, info,
+                                tree_norm(updates))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -209,27 +209,13 @@ def _train(run: Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: s
            t_start: float, prefetched: Any = None) -> int:
     import jax
 
-    from npgjax.cli.compile import compile_training
-
     args, config, out = run.args, run.config, run.out
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.seeds)
     ckpt = resume(run, trainer, keys, parser) if args.resume else None
-    chunk_fn, t_trace, t_xla, memo = None, 0.0, 0.0, False
+    init_fn, chunk_fn, t_trace, t_xla, memo = None, None, 0.0, 0.0, False
     if run.chunks_done < run.n_chunks:  # nothing to compile when resuming a finished run
-        if run.mesh is None or args.shard == "tasks":  # tasks: everything replicated
-            if args.shard == "tasks":
-                from npgjax.rl.tasks import make_task_trainer
-
-                trainer = make_task_trainer(config, run.mesh)
-            from npgjax.cli.warm import with_tree
-
-            warm = with_tree(prefetched, trainer, keys)
-            init_fn, chunk_fn, t_trace, t_xla, memo = warm or compile_training(
-                trainer, keys, run.chunk, cache_dir, mesh=run.mesh, request=_request(args),
-                quick_compile=args.quick_compile)
-        else:
-            init_fn, chunk_fn, run.shardings, t_trace, t_xla = devices.compile_sharded(
-                config, run.mesh, keys, run.chunk, cache_dir, args.quick_compile)
+        init_fn, chunk_fn, t_trace, t_xla, memo = _compile(run, trainer, keys, cache_dir,
+                                                           prefetched)
     # A resumed state goes through the same compiled chunk as a fresh one: the PRNG key
     # lives in the state, so the continuation is bit-identical to an uninterrupted run.
     if ckpt and run.shardings is not None:
@@ -239,11 +225,7 @@ def _train(run: Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: s
     else:
         run.state = jax.tree.map(jax.numpy.asarray, ckpt["state"]) if ckpt else init_fn(keys)
     dev = jax.devices()[0]
-    device = {"platform": dev.platform, "device_kind": dev.device_kind,
-              "num_devices": jax.device_count(), "cpu_count": os.cpu_count(),
-              "devices_used": 1 if run.mesh is None else run.mesh.size,
-              "shard": None if run.mesh is None else args.shard,
-              "processes": jax.process_count()}
+    device = _device_info(run, dev)
     if run.writer:
         _announce(run, chunk_fn, t_trace, t_xla, memo, cache_dir, dev, ckpt is not None)
     if args.tensorboard and run.writer:
@@ -274,6 +256,38 @@ def _train(run: Run, trainer: Any, parser: argparse.ArgumentParser, cache_dir: s
     print_result(summarize(run.header(device), config, run.metrics, run.times, run.target),
                  config, out, files)
     return 0
+
+
+def _compile(run: Run, trainer: Any, keys: Any, cache_dir: str | None, prefetched: Any
+             ) -> tuple[Any, Any, float, float, bool]:
+    """``(init, run_chunk, tracing s, XLA s, memoised)``: read back (``prefetched``) or
+    compiled, on one device, on two for ``--shard tasks``, or split over the mesh."""
+    from npgjax.cli.compile import compile_training
+
+    args = run.args
+    if run.mesh is not None and args.shard != "tasks":
+        init_fn, chunk_fn, run.shardings, t_trace, t_xla = devices.compile_sharded(
+            run.config, run.mesh, keys, run.chunk, cache_dir, args.quick_compile)
+        return init_fn, chunk_fn, t_trace, t_xla, False
+    if args.shard == "tasks":  # tasks: everything replicated
+        from npgjax.rl.tasks import make_task_trainer
+
+        trainer = make_task_trainer(run.config, run.mesh)
+    from npgjax.cli.warm import with_tree
+
+    return with_tree(prefetched, trainer, keys) or compile_training(
+        trainer, keys, run.chunk, cache_dir, mesh=run.mesh, request=_request(args),
+        quick_compile=args.quick_compile)
+
+
+def _device_info(run: Run, dev: Any) -> dict[str, Any]:
+    import jax
+
+    return {"platform": dev.platform, "device_kind": dev.device_kind,
+            "num_devices": jax.device_count(), "cpu_count": os.cpu_count(),
+            "devices_used": 1 if run.mesh is None else run.mesh.size,
+            "shard": None if run.mesh is None else run.args.shard,
+            "processes": jax.process_count()}
 
 
 def _announce(run: Run, chunk_fn: Any, t_trace: float, t_xla: float, memo: bool,

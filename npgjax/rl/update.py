@@ -43,29 +43,13 @@ def make_pieces(parts: Parts, shard_batch: Callable[[dict], dict] | None = None
     Returns:
       An :class:`npgjax.rl.state.UpdatePieces`.
     """
-    config, policy, value = parts.config, parts.policy, parts.value
-    T, B = config.num_steps, config.batch_size
+    config = parts.config
+    B = config.batch_size
 
     def front(state: RunnerState) -> dict[str, Any]:
         hp = state.hparams
         key, k_roll, k_vf, k_pi = jax.random.split(state.key, 4)
-        carry = (state.env_state, state.obs, state.ep_return, state.ep_length)
-        stats = state.obs_stats
-        if parts.recurrent:
-            carry += (state.memory["pi"],)
-            pol = lambda o, h: parts.policy_step(state.pi_params, o, h)
-        else:
-            pol = lambda o: policy(state.pi_params, o)
-        carry, traj = collect(parts.spec, pol, lambda o: parts.prep(stats, o), carry, k_roll, T)
-        if parts.recurrent:
-            values, next_values, vf_carry = unroll_values(
-                parts.vf_net, state.vf_params, state.memory["vf"], traj["obs"],
-                traj["next_obs"], traj["done"])
-            memory = {"pi": carry[4], "vf": vf_carry}
-        else:
-            values = value(state.vf_params, traj["obs"])
-            next_values = value(state.vf_params, traj["next_obs"])
-            memory = state.memory
+        carry, traj, values, next_values, memory = _rollout(parts, state, k_roll)
         adv, targets = gae(traj["reward"], values, next_values, traj["terminated"],
                            traj["truncated"], hp["gamma"], hp["gae_lambda"])
         keys = ("obs", "actions", "old_logp") + (("carry", "done") if parts.recurrent else ())
@@ -106,6 +90,28 @@ def make_pieces(parts: Parts, shard_batch: Callable[[dict], dict] | None = None
         return new_state, {**metrics, **diag}
 
     return UpdatePieces(front, policy_step, critic_fit, back)
+
+
+def _rollout(parts: Parts, state: RunnerState, key: Array) -> tuple[Any, ...]:
+    """``(carry, traj, values, next_values, memory)``: one rollout from ``state`` and the
+    critic's values of its observations (unrolled with memory for a recurrent critic)."""
+    carry = (state.env_state, state.obs, state.ep_return, state.ep_length)
+    stats = state.obs_stats
+    if parts.recurrent:
+        carry += (state.memory["pi"],)
+        pol = lambda o, h: parts.policy_step(state.pi_params, o, h)
+    else:
+        pol = lambda o: parts.policy(state.pi_params, o)
+    carry, traj = collect(parts.spec, pol, lambda o: parts.prep(stats, o), carry, key,
+                          parts.config.num_steps)
+    if parts.recurrent:
+        values, next_values, vf_carry = unroll_values(
+            parts.vf_net, state.vf_params, state.memory["vf"], traj["obs"],
+            traj["next_obs"], traj["done"])
+        return carry, traj, values, next_values, {"pi": carry[4], "vf": vf_carry}
+    values = parts.value(state.vf_params, traj["obs"])
+    next_values = parts.value(state.vf_params, traj["next_obs"])
+    return carry, traj, values, next_values, state.memory
 
 
 def _in_turn(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
