@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
-import uuid
 from pathlib import Path
 from typing import Any
+
+from npgjax._files import atomic_write
 
 __all__: list[str] = []
 
@@ -70,14 +70,6 @@ def _read_export(path: Path | None) -> Any:
     return _read_export_bytes(path)[0]
 
 
-def _write_shared(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file unique to this writer
-    (processes of several hosts may share the folder); raises OSError."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _exported(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[Any, str]:
     """``jax.export`` of a program (init or chunk): read from ``path``, else traced (and
     saved there)."""
@@ -94,7 +86,7 @@ def _exported(jitted: Any, leaves: list[Any], path: Path | None) -> tuple[Any, s
         return exp, "traced"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_shared(path, exp.serialize())
+        atomic_write(path, exp.serialize(), sync=False)
         return exp, "saved"
     except (ImportError, OSError):
         return exp, "traced"

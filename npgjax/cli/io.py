@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from npgjax._files import atomic_write
+
 # One implementation, shared with the checkpoint format (the RL layer cannot import the CLI).
-from npgjax.rl.checkpoint import atomic_write, config_dict, jsonable
+from npgjax.rl.checkpoint import config_dict, jsonable
 
 __all__ = ["TensorBoardLog", "acquire_lock", "atomic_write", "config_dict", "jsonable",
            "load_checkpoint", "prepare_out", "release_lock", "save_checkpoint", "write_csv"]

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from npgjax._files import atomic_write
 from npgjax._gc import paused_gc
 from npgjax.cli.exports import (
     _EXPORT_SUBDIR,
@@ -36,7 +37,6 @@ from npgjax.cli.exports import (
     _init_path,
     _read_export,
     _read_export_bytes,
-    _write_shared,
 )
 
 with paused_gc():  # the only heavy import of a warm start, about 20% faster so
@@ -124,7 +124,8 @@ def save_manifest(export_dir: str, request: Any, keys: Any, export: Path, config
         "options": options, "config": repr(config),
     }
     with contextlib.suppress(OSError):  # a read-only cache: no warm start, nothing lost
-        _write_shared(_manifest_path(export_dir, request, keys), json.dumps(manifest).encode())
+        atomic_write(_manifest_path(export_dir, request, keys), json.dumps(manifest).encode(),
+                     sync=False)
 
 
 def _read_manifest(export_dir: str, request: Any, keys: Any) -> dict[str, Any] | None:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from npgjax._files import atomic_write
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "config_dict", "config_from_dict",
            "read_checkpoint", "read_metadata", "restore", "write_checkpoint"]
@@ -32,16 +33,6 @@ STATE_FILE, META_FILE, OLD_FILE = "checkpoint.msgpack", "checkpoint.json", "chec
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, of another format version or config."""
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file (unique to this process)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def jsonable(x: Any) -> Any:
