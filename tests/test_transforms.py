@@ -265,7 +265,9 @@ def test_singular_fisher_along_gradient_is_flagged():
     # With damping, an empty mask leaves a damping-only step, and says so.
     tx = npgjax.precondition_by_fisher(log_prob_fn, max_kl=0.01)
     u, s = tx.update(g, tx.init(params), params, batch=batch, fisher_mask=jnp.zeros(32))
-    assert not bool(s.skipped) and float(s.predicted_kl) == 0.0
+    # The undamped form x^T (F + damping) x - damping x^T x is 0 up to float32 rounding
+    # of that difference (0 at LLVM O1, 7e-8 of max_kl at O0).
+    assert not bool(s.skipped) and 0.0 <= float(s.predicted_kl) <= 1e-4 * 0.01
     assert npgjax.describe_status(s.status) == ["DAMPING_DOMINATED"]
 
 
