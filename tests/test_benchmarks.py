@@ -59,6 +59,27 @@ def test_compare_sb3_vmapped_worker(compare_sb3):
     assert r["steps_per_s"] > 0 and r["compile_s"] > 0
 
 
+def test_compare_sb3_pooled_ratio_interval(compare_sb3):
+    """The bootstrap interval brackets the pooled ratio, is a point for identical seeds,
+    is deterministic, and needs 4 seeds."""
+    assert compare_sb3.interval([(20.0, 2.0)] * 3) is None
+    assert compare_sb3.interval([(20.0, 2.0)] * 5) == (10.0, 10.0)
+    pairs = [(17.0, 2.2), (18.0, 1.6), (26.0, 2.0), (12.0, 2.0), (28.0, 1.9), (22.0, 2.4)]
+    lo, hi = compare_sb3.interval(pairs)
+    pooled = sum(a for a, _ in pairs) / sum(b for _, b in pairs)
+    assert min(a / b for a, b in pairs) < lo < pooled < hi < max(a / b for a, b in pairs)
+    assert compare_sb3.interval(pairs) == (lo, hi)
+    runs = {s: {"sb3": {"ok": True, "solved": {"seconds_since_start": a}, "steps_per_s": 3e3,
+                        "stopped_at_time_limit": False},
+                "warm": {"ok": True, "solved": {"seconds_since_start": b}, "steps_per_s": 7e4}}
+            for s, (a, b) in enumerate(pairs)}
+    out = compare_sb3.summarize(runs)
+    assert out["interval"]["warm_time_ratio"] == (lo, hi)
+    assert out["pooled"]["warm_time_ratio"] == pytest.approx(pooled)
+    assert out["interval"]["warm_sps_ratio"] == pytest.approx((70 / 3, 70 / 3))
+    assert out["interval"]["cold_time_ratio"] is None
+
+
 def test_suite_time_reads_pytest_summaries():
     """benchmarks/suite_time.py finds pytest's summary in -q and in full output."""
     spec = importlib.util.spec_from_file_location(
