@@ -50,7 +50,8 @@ The ratios (sb3 time / npgjax time, npgjax steps/s / sb3 steps/s) are pooled ove
 seeds (a ratio of means) and, from 4 seeds on, given a 95% bootstrap interval over seeds:
 one seed's ratio swings widely (5.8-17.1x warm on a 2-core Intel Xeon, 16 seeds), so two
 seeds do not settle a target; ``--seeds $(seq 0 15)`` with ``--cpu-modes tasks``
-takes about 13 minutes there. They are printed next to
+takes about 13 minutes there, and ``--pool A.json B.json`` pools the seeds of saved
+runs. They are printed next to
 the targets of issue #13 (which restated issue #3's 10x / 20x / 60x): time to solve at
 least 3x shorter from a cold start and 10x with a warm compilation cache, at least 20x
 the env steps per second. Sample efficiency
@@ -712,6 +713,25 @@ def print_summary(mode: str, runs: dict[int, dict[str, Any]], vmap: dict[str, An
     print("=" * 92)
 
 
+def pool_saved(paths: list[Path]) -> dict[str, Any]:
+    """The summary of the seeds of several saved runs, per CPU mode (``--pool``)."""
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in paths:
+        saved = json.loads(path.read_text())
+        print(f"{path}: {saved['machine']['cpu_model']}, seeds "
+              f"{', '.join(next(iter(saved['modes'].values()))['runs'])}")
+        for mode, m in saved["modes"].items():
+            for seed, r in m["runs"].items():
+                if int(seed) in runs.setdefault(mode, {}):
+                    raise SystemExit(f"compare_sb3: --pool: seed {seed} of mode {mode} "
+                                     f"is in two files")
+                runs[mode][int(seed)] = r
+    ratios = {mode: summarize(r) for mode, r in runs.items()}
+    for mode, r in runs.items():
+        print_summary(mode, r, None, ratios[mode])
+    return ratios
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -744,12 +764,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick-compile", action="store_true",
                         help="npgjax compiles as npgjax-train --quick-compile does "
                         "(npgjax.rl.compiler_options(quick=True))")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="JSON",
+                        help="run nothing: pool the seeds of runs saved with --json (each "
+                        "seed once per CPU mode) and print their ratios and intervals")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker_main(args.worker, args.spec)
         return {}
+    if args.pool:
+        return pool_saved(args.pool)
 
     seeds = args.seeds or ([0] if args.quick else [0, 1])
     total = args.total_timesteps or (QUICK_TIMESTEPS if args.quick else TOTAL_TIMESTEPS)

@@ -8,6 +8,7 @@ optional extra and is not run.
 """
 
 import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -78,6 +79,26 @@ def test_compare_sb3_pooled_ratio_interval(compare_sb3):
     assert out["pooled"]["warm_time_ratio"] == pytest.approx(pooled)
     assert out["interval"]["warm_sps_ratio"] == pytest.approx((70 / 3, 70 / 3))
     assert out["interval"]["cold_time_ratio"] is None
+
+
+def test_compare_sb3_pools_saved_runs(compare_sb3, tmp_path, capsys):
+    def saved(seeds):
+        runs = {str(s): {"sb3": {"solved": {"seconds_since_start": 20.0 + s,
+                                            "env_steps": 50_000},
+                                 "steps_per_s": 3e3, "stopped_at_time_limit": False},
+                         "warm": {"solved": {"seconds_since_start": 2.0, "env_steps": 40_960},
+                                  "steps_per_s": 6e4}}
+                for s in seeds}
+        return json.dumps({"machine": {"cpu_model": "test"}, "modes": {"tasks": {"runs": runs}}})
+
+    (tmp_path / "a.json").write_text(saved([0, 1]))
+    (tmp_path / "b.json").write_text(saved([2, 3]))
+    out = compare_sb3.main(["--pool", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert out["tasks"]["pooled"]["warm_time_ratio"] == pytest.approx(21.5 / 2.0)
+    assert out["tasks"]["interval"]["warm_time_ratio"] is not None  # 4 seeds
+    assert "95% interval" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="seed 0 of mode tasks is in two files"):
+        compare_sb3.main(["--pool", str(tmp_path / "a.json"), str(tmp_path / "a.json")])
 
 
 def test_suite_time_reads_pytest_summaries():
