@@ -48,7 +48,7 @@ seed solves are comparable between runs only in distribution, not seed by seed.
 
 The ratios (sb3 time / npgjax time, npgjax steps/s / sb3 steps/s) are pooled over the
 seeds (a ratio of means) and, from 4 seeds on, given a 95% bootstrap interval over seeds:
-one seed's ratio swings widely (5.8-17.1x warm on a 2-core Intel Xeon, 16 seeds), so two
+one seed's ratio swings widely (6.4-16.4x warm on a 2-core Intel Xeon, 16 seeds), so two
 seeds do not settle a target; ``--seeds $(seq 0 15)`` with ``--cpu-modes tasks``
 takes about 13 minutes there, and ``--pool A.json B.json`` pools the seeds of saved
 runs. They are printed next to
@@ -622,8 +622,9 @@ def summarize(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     time over the seeds that both solved; steps/s: ratio of the means. With 4 seeds or
     more, each pooled ratio also gets a 95% bootstrap interval over seeds."""
     out: dict[str, Any] = {"per_seed": {}, "pooled": {}, "interval": {}}
-    both: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
-    pairs: dict[str, tuple[list[float], list[float]]] = {"cold": ([], []), "warm": ([], [])}
+    # Per side, the seeds' (sb3 time, npgjax time) and (npgjax steps/s, sb3 steps/s).
+    times: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
+    speeds: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
     sps: dict[str, list[float]] = {"sb3": [], "cold": [], "warm": []}
     for seed, r in runs.items():
         sb3 = r.get("sb3")
@@ -638,20 +639,19 @@ def summarize(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
             row[f"{side}_time_ratio_is_lower_bound"] = bool(bound)
             row[f"{side}_sps_ratio"] = _ratio(_sps(r.get(side)), _sps(sb3))
             if _solved_s(sb3) is not None and _solved_s(r.get(side)) is not None:
-                pairs[side][0].append(_solved_s(sb3))
-                pairs[side][1].append(_solved_s(r.get(side)))
+                times[side].append((_solved_s(sb3), _solved_s(r.get(side))))
             if _sps(r.get(side)) is not None and _sps(sb3) is not None:
-                both[side].append((_sps(r.get(side)), _sps(sb3)))
+                speeds[side].append((_sps(r.get(side)), _sps(sb3)))
         out["per_seed"][seed] = row
         for name in sps:
             if _sps(r.get(name)) is not None:
                 sps[name].append(_sps(r.get(name)))
     for side in ("cold", "warm"):
-        out["pooled"][f"{side}_time_ratio"] = _ratio(_mean(pairs[side][0]),
-                                                     _mean(pairs[side][1]))
+        out["pooled"][f"{side}_time_ratio"] = _ratio(_mean([a for a, _ in times[side]]),
+                                                     _mean([b for _, b in times[side]]))
         out["pooled"][f"{side}_sps_ratio"] = _ratio(_mean(sps[side]), _mean(sps["sb3"]))
-        out["interval"][f"{side}_time_ratio"] = interval(list(zip(*pairs[side], strict=True)))
-        out["interval"][f"{side}_sps_ratio"] = interval(both[side])
+        out["interval"][f"{side}_time_ratio"] = interval(times[side])
+        out["interval"][f"{side}_sps_ratio"] = interval(speeds[side])
     return out
 
 

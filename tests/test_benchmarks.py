@@ -70,9 +70,9 @@ def test_compare_sb3_pooled_ratio_interval(compare_sb3):
     pooled = sum(a for a, _ in pairs) / sum(b for _, b in pairs)
     assert min(a / b for a, b in pairs) < lo < pooled < hi < max(a / b for a, b in pairs)
     assert compare_sb3.interval(pairs) == (lo, hi)
-    runs = {s: {"sb3": {"ok": True, "solved": {"seconds_since_start": a}, "steps_per_s": 3e3,
+    runs = {s: {"sb3": {"solved": {"seconds_since_start": a}, "steps_per_s": 3e3,
                         "stopped_at_time_limit": False},
-                "warm": {"ok": True, "solved": {"seconds_since_start": b}, "steps_per_s": 7e4}}
+                "warm": {"solved": {"seconds_since_start": b}, "steps_per_s": 7e4}}
             for s, (a, b) in enumerate(pairs)}
     out = compare_sb3.summarize(runs)
     assert out["interval"]["warm_time_ratio"] == (lo, hi)
