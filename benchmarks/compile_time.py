@@ -12,6 +12,11 @@ variants alternate, ``--repeat`` times, so that a noisy machine hits them alike:
 * ``unrolled`` (with ``--unrolled``): ``fast``, lowered inside
   :func:`npgjax.rl.xla.unrolled_threefry`, as the command line lowers (see
   ``threefry.py``);
+* ``cli`` and (with ``--quick`` too) ``cli-quick`` (with ``--cli``): the 16 seeds as
+  ``npgjax-train --seeds 16 [--quick-compile]`` compiles them
+  (:func:`npgjax.cli.compile.compile_training`: init cheaply in the main thread while a
+  thread compiles a chunk of updates, both through ``jax.export``; no export directory,
+  so nothing is written); the run is init and the chunks one after the other;
 * ``baseline``: with ``--baseline PATH``, another npgjax source tree with XLA's
   defaults, e.g. the code issue 13 measured (``git worktree add /tmp/npgjax-89c29e2
   89c29e2``; it has no ``eval_return`` yet), imported through ``PYTHONPATH``.
@@ -20,6 +25,7 @@ variants alternate, ``--repeat`` times, so that a noisy machine hits them alike:
     .venv/bin/python benchmarks/compile_time.py --repeat 3 --baseline /tmp/npgjax-89c29e2
     .venv/bin/python benchmarks/compile_time.py --repeat 2 --unrolled
     .venv/bin/python benchmarks/compile_time.py --repeat 2 --quick
+    .venv/bin/python benchmarks/compile_time.py --repeat 3 --quick --cli --baseline DIR
 """
 
 from __future__ import annotations
@@ -68,12 +74,47 @@ print("RESULT_JSON " + json.dumps({"import_s": t1 - t0, "trace_s": t2 - t1,
       "returns_sum": float(ret.sum()), "npgjax": npgjax.__file__}))
 """
 
+# The command line's compile (``--cli``): trace = building the trainer and lowering both
+# programs (init's lowering and compile overlap the chunk's XLA), XLA = the wait after.
+WORKER_CLI = """
+import json, sys, time
+t0 = time.time()
+import npgjax.cli.warm  # the command line's first import
+import jax, numpy as np
+import npgjax
+from npgjax.rl import get_config, make_trainer
+from npgjax.train import choose_chunk_updates, compile_training
+overrides = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}  # tests shrink the run
+overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+cfg = get_config("CartPole-v1", "npg", **{"total_timesteps": 100_000, **overrides})
+keys = jax.random.split(jax.random.PRNGKey(0), int(sys.argv[2]))
+t1 = time.time()
+trainer = make_trainer(cfg)
+K = choose_chunk_updates(cfg.num_updates)
+t_built = time.time()
+init, chunk, trace_s, xla_s, _ = compile_training(trainer, keys, K,
+                                                  quick_compile=sys.argv[1] == "cli-quick")
+t3 = time.time()
+state = init(keys)
+for i in range(cfg.num_updates // K):
+    state, m = chunk(state, i * K)
+ret = np.asarray(m["train_return"])[:, -1]
+t4 = time.time()
+print("RESULT_JSON " + json.dumps({"import_s": t1 - t0, "trace_s": t_built - t1 + trace_s,
+      "xla_s": xla_s, "run_s": t4 - t3, "train_at_475": int((ret >= 475).sum()),
+      "returns_sum": float(ret.sum()), "npgjax": npgjax.__file__, "chunk": K}))
+"""
 
-def run(variant: str, seeds: int, tree: Path) -> dict:
+
+def run(variant: str, seeds: int, tree: Path, overrides: dict | None = None) -> dict:
+    """One fresh process of ``variant``; ``overrides`` (config fields) for the ``cli``
+    variants only, e.g. a shorter run in the tests."""
     env = dict(os.environ, PYTHONPATH=str(tree), JAX_PLATFORMS=os.environ.get(
         "JAX_PLATFORMS", "cpu"))
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    proc = subprocess.run([sys.executable, "-c", WORKER, variant, str(seeds)], env=env,
+    worker = WORKER_CLI if variant.startswith("cli") else WORKER
+    extra = [json.dumps(overrides)] if overrides else []
+    proc = subprocess.run([sys.executable, "-c", worker, variant, str(seeds), *extra], env=env,
                           capture_output=True, text=True, cwd="/", timeout=900)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
     if proc.returncode or not lines:
@@ -90,6 +131,8 @@ def main() -> None:
                    help="also the fast variant with threefry lowered unrolled")
     p.add_argument("--quick", action="store_true",
                    help="also compiler_options(quick=True) (--quick-compile)")
+    p.add_argument("--cli", action="store_true",
+                   help="also the command line's compile (cli; with --quick also cli-quick)")
     p.add_argument("--json", help="write the runs to this file")
     a = p.parse_args()
     variants = [("defaults", "defaults", ROOT), ("fast", "fast", ROOT)]
@@ -97,6 +140,8 @@ def main() -> None:
         variants.append(("unrolled", "unrolled", ROOT))
     if a.quick:
         variants.append(("quick", "quick", ROOT))
+    if a.cli:
+        variants += [(v, v, ROOT) for v in ("cli", "cli-quick")[:1 + a.quick]]
     if a.baseline:
         variants.insert(0, ("baseline", "defaults", a.baseline.resolve()))
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load {load_average()}; "
@@ -118,8 +163,9 @@ def main() -> None:
     for k in med:
         if k != "fast":
             print(f"fast / {k}: {med['fast'] / med[k]:.2f}")
-    if "quick" in med and "baseline" in med:
-        print(f"quick / baseline: {med['quick'] / med['baseline']:.2f}")
+    for k in ("quick", "cli", "cli-quick"):
+        if k in med and "baseline" in med:
+            print(f"{k} / baseline: {med[k] / med['baseline']:.2f}")
     if a.unrolled and {r["returns_sum"] for k in ("fast", "unrolled") for r in runs[k]} != {
             runs["fast"][0]["returns_sum"]}:
         raise SystemExit("fast and unrolled disagree: unrolled threefry changed the results")

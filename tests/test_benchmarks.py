@@ -112,3 +112,18 @@ def test_suite_time_reads_pytest_summaries():
     assert module.SUMMARY.search(quiet).groups() == ("425 passed, 8 skipped", "391.23")
     assert module.SUMMARY.search(full).groups() == ("3 passed, 1 warning", "2.50")
     assert module.SUMMARY.search("1 failed, 2 passed in 3.0s") is None
+
+
+def test_compile_time_cli_worker():
+    """benchmarks/compile_time.py's ``cli`` variant compiles and runs as the command line
+    does (a fresh process, a run shrunk to 4 updates of 2 seeds)."""
+    spec = importlib.util.spec_from_file_location(
+        "compile_time", ROOT / "benchmarks" / "compile_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = {"total_timesteps": 128, "num_envs": 2, "num_steps": 16, "cg_iters": 2,
+            "vf_epochs": 1, "hidden": [8], "eval_every": 2}
+    r = module.run("cli", 2, ROOT, tiny)
+    assert r["chunk"] == 1 and r["train_at_475"] == 0  # 4 updates: one per chunk
+    assert r["trace_s"] > 0 and r["xla_s"] >= 0 and r["run_s"] > 0
+    assert Path(r["npgjax"]).is_relative_to(ROOT)
