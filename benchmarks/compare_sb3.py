@@ -357,7 +357,8 @@ def _npgjax_compiled(spec: dict[str, Any], jax: Any, make_keys: Any) -> dict[str
     if warm is not None:
         return {"keys": keys, "init": warm.init, "chunk": warm.run_chunk, "K": warm.chunk,
                 "num_updates": warm.num_updates, "B": warm.batch_size, "export": "warm",
-                "trace_s": None, "xla_s": None, "t_c0": t_c0, "t_c2": time.time()}
+                "trace_s": None, "xla_s": None, "t_c0": t_c0, "t_c2": time.time(),
+                "cpu_c2": cpu_seconds()}
     config = _npgjax_config(spec)
     from npgjax.rl import make_trainer
     from npgjax.train import choose_chunk_updates, compile_training
@@ -379,7 +380,8 @@ def _npgjax_compiled(spec: dict[str, Any], jax: Any, make_keys: Any) -> dict[str
     return {"keys": keys, "init": init_c, "chunk": chunk_c, "K": K,
             "num_updates": config.num_updates,
             "B": config.batch_size, "export": getattr(chunk_c, "export", None),
-            "trace_s": trace_s, "xla_s": xla_s, "t_c0": t_c0, "t_c2": time.time()}
+            "trace_s": trace_s, "xla_s": xla_s, "t_c0": t_c0, "t_c2": time.time(),
+            "cpu_c2": cpu_seconds()}
 
 
 def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
@@ -422,6 +424,7 @@ def worker_npgjax(spec: dict[str, Any]) -> dict[str, Any]:
         "export": c["export"],
         "xla_compile_s": c["xla_s"],
         "ready_s": c["t_c2"] - t0,  # process start to compiled (imports, tracing, compiling)
+        "cpu_at_ready_s": c["cpu_c2"],  # CPU of all the process's threads until then
         "chunk_updates": K,
         "chunks": n_chunks,
         "env_steps": n_chunks * K * B,
@@ -617,12 +620,13 @@ def interval(pairs: list[tuple[float, float]], reps: int = 10_000
     return ratios[int(0.025 * reps)], ratios[int(0.975 * reps) - 1]
 
 
-def summarize(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def summarize(runs: dict[int, dict[str, Any]], cores: int | None = None) -> dict[str, Any]:
     """Per-seed and pooled ratios for one CPU mode. Pooled: mean sb3 time / mean npgjax
     time over the seeds that both solved; steps/s: ratio of the means over the seeds
     that both ran. With 4 seeds or more, each pooled ratio also gets a 95% bootstrap
-    interval over the same seeds."""
-    out: dict[str, Any] = {"per_seed": {}, "pooled": {}, "interval": {}}
+    interval over the same seeds. ``cold_budget``: see :func:`cold_budget`."""
+    out: dict[str, Any] = {"per_seed": {}, "pooled": {}, "interval": {},
+                           "cold_budget": cold_budget(runs, cores)}
     # Per side, the seeds' (sb3 time, npgjax time) and (npgjax steps/s, sb3 steps/s).
     times: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
     speeds: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
@@ -650,6 +654,44 @@ def summarize(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
                                         _mean([b for _, b in pairs]))
             out["interval"][key] = interval(pairs)
     return out
+
+
+def cold_budget(runs: dict[int, dict[str, Any]], cores: int | None
+                ) -> dict[str, Any] | None:
+    """What the cold target leaves a cold start, over the seeds both sides solved: the
+    mean sb3 time to solve / ``TARGET_COLD``, against npgjax's mean time from process
+    start to compiled (``ready``) and from there to the solve, and the CPU its process
+    had used by ``ready`` (every thread's). That CPU spread over the ``cores`` usable
+    cores is a floor on the time to ``ready`` that no reordering or overlapping of the
+    cold start's work can beat; None without seeds both solved."""
+    both = [r for r in runs.values()
+            if _solved_s(r.get("sb3")) is not None and _solved_s(r.get("cold")) is not None]
+    if not both:
+        return None
+    sb3 = sum(_solved_s(r["sb3"]) for r in both) / len(both)
+    cold = [r["cold"] for r in both]
+    cpu = [c.get("cpu_at_ready_s") for c in cold]
+    out = {"seeds": len(cold), "sb3_solve_s": sb3, "allowed_s": sb3 / TARGET_COLD,
+           "ready_s": _mean([c["ready_s"] for c in cold]),
+           "ready_to_solve_s": _mean([_solved_s(c) - c["ready_s"] for c in cold]),
+           "cpu_at_ready_s": None if None in cpu else _mean(cpu), "cores": cores}
+    out["cpu_floor_s"] = (out["cpu_at_ready_s"] / cores
+                          if out["cpu_at_ready_s"] is not None and cores else None)
+    return out
+
+
+def print_cold_budget(b: dict[str, Any] | None) -> None:
+    if b is None:
+        return
+    print(f"cold start against the {TARGET_COLD:g}x target ({b['seeds']} seeds both solved; "
+          f"means): sb3-contrib solved after {b['sb3_solve_s']:.2f} s, so {TARGET_COLD:g}x "
+          f"allows {b['allowed_s']:.2f} s; npgjax was ready after {b['ready_s']:.2f} s and "
+          f"solved {b['ready_to_solve_s']:.2f} s later")
+    if b["cpu_floor_s"] is not None:
+        print(f"  by then its process had used {b['cpu_at_ready_s']:.2f} s of CPU: ready after "
+              f"at least {b['cpu_floor_s']:.2f} s on {b['cores']} cores even with every core "
+              f"busy throughout, so a solve after at least "
+              f"{b['cpu_floor_s'] + b['ready_to_solve_s']:.2f} s without less work")
 
 
 def print_summary(mode: str, runs: dict[int, dict[str, Any]], vmap: dict[str, Any] | None,
@@ -693,6 +735,7 @@ def print_summary(mode: str, runs: dict[int, dict[str, Any]], vmap: dict[str, An
     print("  (pooled: mean sb3 time / mean npgjax time over the seeds both solved; steps/s: "
           "ratio of the means; '>': sb3 stopped at --sb3-time-limit unsolved; 95% interval: "
           "bootstrap over seeds, from 4 seeds)")
+    print_cold_budget(ratios.get("cold_budget"))
     vmap = _ok(vmap)
     if vmap is not None:
         ref = _mean([x for x in (_sps(runs[s].get("sb3")) for s in seeds) if x is not None])
@@ -713,8 +756,10 @@ def print_summary(mode: str, runs: dict[int, dict[str, Any]], vmap: dict[str, An
 def pool_saved(paths: list[Path]) -> dict[str, Any]:
     """The summary of the seeds of several saved runs, per CPU mode (``--pool``)."""
     runs: dict[str, dict[int, dict[str, Any]]] = {}
+    cores: list[int] = []
     for path in paths:
         saved = json.loads(path.read_text())
+        cores += [saved["machine"]["usable_cpus"]] if "usable_cpus" in saved["machine"] else []
         print(f"{path}: {saved['machine']['cpu_model']}, seeds "
               f"{', '.join(next(iter(saved['modes'].values()))['runs'])}")
         for mode, m in saved["modes"].items():
@@ -723,7 +768,8 @@ def pool_saved(paths: list[Path]) -> dict[str, Any]:
                     raise SystemExit(f"compare_sb3: --pool: seed {seed} of mode {mode} "
                                      f"is in two files")
                 runs[mode][int(seed)] = r
-    ratios = {mode: summarize(r) for mode, r in runs.items()}
+    # The most cores any run had: the CPU floor of the cold start is then the lowest.
+    ratios = {mode: summarize(r, max(cores, default=None)) for mode, r in runs.items()}
     for mode, r in runs.items():
         print_summary(mode, r, None, ratios[mode])
     return ratios
@@ -845,7 +891,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 sys.stdout.flush()
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)
-    ratios = {m: summarize(runs[m]) for m in modes}
+    ratios = {m: summarize(runs[m], info["usable_cpus"]) for m in modes}
     for m in modes:
         print_summary(m, runs[m], vmaps[m], ratios[m])
     print(f"load average at end: {load_average()}; benchmark wall time "
@@ -866,7 +912,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       "ratios": {"per_seed": {str(k): x for k, x in
                                               ratios[m]["per_seed"].items()},
                                  "pooled": ratios[m]["pooled"],
-                                 "interval": ratios[m]["interval"]}} for m in modes},
+                                 "interval": ratios[m]["interval"],
+                                 "cold_budget": ratios[m]["cold_budget"]}} for m in modes},
     }
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ def test_compare_sb3_one_seed_worker(compare_sb3):
     assert r["chunk_updates"] == 2 and r["chunks"] == 2
     assert r["env_steps"] == 128 and len(r["returns"]) == 4
     assert r["steps_per_s"] > 0 and r["ready_s"] >= r["import_s"] >= 0
+    assert r["cpu_at_ready_s"] > 0
     assert r["solved"] is None  # 128 steps cannot reach 475
 
 
@@ -79,6 +80,28 @@ def test_compare_sb3_pooled_ratio_interval(compare_sb3):
     assert out["pooled"]["warm_time_ratio"] == pytest.approx(pooled)
     assert out["interval"]["warm_sps_ratio"] == pytest.approx((70 / 3, 70 / 3))
     assert out["interval"]["cold_time_ratio"] is None
+
+
+def test_compare_sb3_cold_budget(compare_sb3, capsys):
+    """The cold target's budget: the mean sb3 solve / 3 over the seeds both solved, and the
+    CPU used by ready spread over the cores as a floor; no floor without the CPU figure."""
+    def run(sb3, ready, solve, cpu):
+        return {"sb3": {"solved": {"seconds_since_start": sb3}, "steps_per_s": 3e3,
+                        "stopped_at_time_limit": False},
+                "cold": {"solved": {"seconds_since_start": solve}, "ready_s": ready,
+                         "cpu_at_ready_s": cpu, "steps_per_s": 6e4}}
+    unsolved = run(20.0, 8.0, 9.0, 12.0)
+    unsolved["cold"]["solved"] = None
+    runs = {0: run(21.0, 8.0, 9.0, 12.0), 1: run(24.0, 7.0, 8.0, 13.0), 2: unsolved}
+    b = compare_sb3.cold_budget(runs, 2)
+    assert b["seeds"] == 2 and b["allowed_s"] == pytest.approx(22.5 / 3)
+    assert (b["ready_s"], b["ready_to_solve_s"]) == pytest.approx((7.5, 1.0))
+    assert b["cpu_floor_s"] == pytest.approx(6.25)
+    compare_sb3.print_cold_budget(b)
+    assert "at least 6.25 s on 2 cores" in capsys.readouterr().out
+    del runs[1]["cold"]["cpu_at_ready_s"]
+    assert compare_sb3.cold_budget(runs, 2)["cpu_floor_s"] is None
+    assert compare_sb3.cold_budget({2: unsolved}, 2) is None
 
 
 def test_compare_sb3_pools_saved_runs(compare_sb3, tmp_path, capsys):
