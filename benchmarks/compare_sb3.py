@@ -54,7 +54,10 @@ takes about 13 minutes there, and ``--pool A.json B.json`` pools the seeds of sa
 runs. They are printed next to
 the targets of issue #13 (which restated issue #3's 10x / 20x / 60x): time to solve at
 least 3x shorter from a cold start and 10x with a warm compilation cache, at least 20x
-the env steps per second. Sample efficiency
+the env steps per second. Under the ratios, the cold target's budget: the time 3x allows
+(mean sb3 solve / 3), npgjax's mean time to compiled and from there to the solve, and
+the CPU its cold process had used by then, spread over the usable cores as a floor on
+the time to compiled that no overlap of the work can beat. Sample efficiency
 is printed too (env steps at solve: sb3 checks after every env step, npgjax after every
 update of 1,024 steps, so npgjax's figure is rounded up to the update).
 
