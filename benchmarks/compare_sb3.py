@@ -671,7 +671,7 @@ def cold_budget(runs: dict[int, dict[str, Any]], cores: int | None
             if _solved_s(r.get("sb3")) is not None and _solved_s(r.get("cold")) is not None]
     if not both:
         return None
-    sb3 = sum(_solved_s(r["sb3"]) for r in both) / len(both)
+    sb3 = _mean([_solved_s(r["sb3"]) for r in both])
     cold = [r["cold"] for r in both]
     cpu = [c.get("cpu_at_ready_s") for c in cold]
     out = {"seeds": len(cold), "sb3_solve_s": sb3, "allowed_s": sb3 / TARGET_COLD,
